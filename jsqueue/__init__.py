@@ -1,0 +1,57 @@
+"""jsqueue: a Celery-style distributed task queue on NATS JetStream."""
+
+from jsqueue.app import App
+from jsqueue.canvas import Signature
+from jsqueue.context import JobContext, current_job
+from jsqueue.errors import (
+    ArgumentsError,
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    JsqueueError,
+    NotRegistered,
+    PayloadTooLarge,
+    ProvisionError,
+    PublishError,
+    Reject,
+    ResultTimeout,
+    Retry,
+    SerializeError,
+    SignatureError,
+    TaskFailed,
+)
+from jsqueue.results import AsyncResult, JobState
+from jsqueue.retry import RetryPolicy
+from jsqueue.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # building an app
+    "App",
+    "RetryPolicy",
+    "Signature",
+    "Task",
+    # inside a task
+    "JobContext",
+    "Reject",
+    "Retry",
+    "current_job",
+    # results
+    "AsyncResult",
+    "JobState",
+    "ResultTimeout",
+    "TaskFailed",
+    # errors
+    "ArgumentsError",
+    "ConfigError",
+    "ConnectError",
+    "DecodeError",
+    "JsqueueError",
+    "NotRegistered",
+    "PayloadTooLarge",
+    "ProvisionError",
+    "PublishError",
+    "SerializeError",
+    "SignatureError",
+]

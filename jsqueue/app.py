@@ -1,0 +1,263 @@
+"""The App: settings, the task registry, and the connection lifecycle.
+
+Creating an app or importing a module of tasks never connects, spawns or reads the environment.
+The first use inside an event loop connects (``async with app:`` does it explicitly); each event
+loop gets its own connection, and ``*_sync`` methods use one background loop thread per app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+import weakref
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from typing_extensions import Unpack
+
+from jsqueue.broker import Broker
+from jsqueue.config import Serializer, Settings, SettingsKwargs
+from jsqueue.errors import ConfigError, NotRegistered
+from jsqueue.results import ResultBackend
+from jsqueue.retry import RetryPolicy
+from jsqueue.syncbridge import LoopThread
+from jsqueue.task import Task, TaskOptions
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@dataclass
+class _LoopState:
+    broker: Broker
+    lock: asyncio.Lock
+    connected: bool = False
+    results: ResultBackend | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class App:
+    """A jsqueue application: ``App("billing", url="nats://...", prefix="jsq", **settings)``.
+
+    Settings are keyword arguments (see :class:`jsqueue.config.Settings`); an unknown one is an
+    error that names it. ``url`` falls back to ``$JSQUEUE_URL`` when the app connects.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        prefix: str = "jsq",
+        default_retry: RetryPolicy | None = None,
+        **settings: Unpack[SettingsKwargs],
+    ) -> None:
+        self.settings = Settings.create(name, url=url, prefix=prefix, **settings)
+        if default_retry is not None and not isinstance(default_retry, RetryPolicy):
+            raise ConfigError("default_retry must be a jsqueue.RetryPolicy")
+        self.default_retry = default_retry
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sync = LoopThread(f"jsqueue-{name}-sync")
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def configure(self, **overrides: Any) -> None:
+        """Replace settings (e.g. the CLI's ``--url``) before the app connects anywhere."""
+        if any(state.connected for state in self._loops.values()):
+            raise ConfigError("configure() must be called before the app connects")
+        current = {f: getattr(self.settings, f) for f in self.settings.__dataclass_fields__}
+        current.update(overrides)
+        name = current.pop("name")
+        self.settings = Settings.create(name, **current)
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} prefix={self.settings.prefix} tasks={len(self.tasks)}>"
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
+        serializer: Serializer | None = None,
+        ignore_result: bool = False,
+        time_limit: float | None = None,
+        track_started: bool | None = None,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
+        serializer: Serializer | None = None,
+        ignore_result: bool = False,
+        time_limit: float | None = None,
+        track_started: bool | None = None,
+    ) -> Any:
+        """Register a function (``async def`` or plain ``def``) as a task.
+
+        Use bare (``@app.task``) or with options: ``name`` (default ``module.qualname``),
+        ``queue``, ``retry`` (a :class:`RetryPolicy`), ``serializer``, ``ignore_result``,
+        ``time_limit`` (seconds, coroutines only) and ``track_started``.
+        """
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if task_name in self.tasks:
+                raise ConfigError(
+                    f"a task named {task_name!r} is already registered on {self.name}"
+                )
+            options = TaskOptions(
+                name=task_name,
+                queue=queue,
+                retry=retry,
+                serializer=serializer,
+                ignore_result=ignore_result,
+                time_limit=time_limit,
+                track_started=track_started,
+            )
+            task: Task[Any, Any] = Task(self, func, options)
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered under ``name``; :class:`NotRegistered` if none."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(
+                f"no task named {name!r} is registered on app {self.name}"
+            ) from None
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = _LoopState(Broker(self.settings, client_name=self.name), asyncio.Lock())
+            self._loops[loop] = state
+        return state
+
+    async def connect(self, wait: float = 0.0) -> None:
+        """Connect in this event loop and provision streams; retry an unreachable server for
+        ``wait`` seconds. Safe to call more than once."""
+        state = self._state()
+        if state.connected:
+            return
+        async with state.lock:
+            if not state.connected:
+                await state.broker.connect(wait=wait)
+                state.connected = True
+
+    async def broker(self) -> Broker:
+        """The connected broker of the running event loop (connecting on first use)."""
+        state = self._state()
+        if not state.connected:
+            await self.connect()
+        return state.broker
+
+    async def result_backend(self) -> ResultBackend:
+        """The results bucket of this app in the running event loop."""
+        state = self._state()
+        if state.results is None:
+            broker = await self.broker()
+            async with state.lock:
+                if state.results is None:
+                    state.results = await ResultBackend.open(broker)
+        return state.results
+
+    def loop_extra(self, key: str) -> Any:
+        """Per-loop state other modules keep on the app (e.g. the revoked set)."""
+        return self._state().extras.get(key)
+
+    def set_loop_extra(self, key: str, value: Any) -> None:
+        self._state().extras[key] = value
+
+    async def close(self) -> None:
+        """Close this event loop's connection (pending acks and publishes are flushed)."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        if state is None:
+            return
+        if state.results is not None:
+            await state.results.close()
+        await state.broker.close()
+
+    async def __aenter__(self) -> App:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- synchronous callers -------------------------------------------------------------------
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the app's background loop thread and wait for it."""
+        return self._sync.run(coro, timeout)
+
+    def close_sync(self) -> None:
+        """Close the background loop thread's connection and stop the thread."""
+        self._sync.stop(self.close)
+
+
+def load_app(spec: str) -> App:
+    """Import ``package.module:attribute`` (attribute defaults to ``app``) from the current dir."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "app"
+    if not module_name:
+        raise ConfigError(f"-A {spec!r}: expected module:attribute, e.g. -A tasks:app")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import {module_name!r} ({exc}); run from the directory that contains it or "
+            "pass -A package.module:app"
+        ) from None
+    app = getattr(module, attr, None)
+    if app is None:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(app, App):
+        raise ConfigError(f"{spec} is a {type(app).__name__}, not a jsqueue.App")
+    return app

@@ -1,0 +1,580 @@
+"""The broker layer: the one NATS connection of an app in an event loop.
+
+It connects (failing fast with one line that names the URL), checks the server, provisions streams
+and consumers idempotently, publishes with retries under the same ``Nats-Msg-Id``, and answers the
+admin questions the CLI asks. nats-py errors are translated here into :mod:`jsqueue.errors`;
+together with :mod:`jsqueue.puller` and :mod:`jsqueue.kvstore` this is the only code that imports
+nats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from jsqueue.config import BUCKETS, MIN_SERVER_VERSION, Settings, redact_url
+from jsqueue.errors import ConnectError, PayloadTooLarge, ProvisionError, PublishError
+from jsqueue.kvstore import KvStore
+
+log = logging.getLogger("jsqueue.broker")
+
+OWNER_KEY = "jsqueue.owner"
+# Publishes are retried on these (with the same Msg-Id, so a retry never stores a job twice).
+_RETRYABLE = (
+    nats.errors.TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message read from a stream without consuming it."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the server said about a publish."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+class Broker:
+    """A connected NATS client with JetStream, bound to the event loop it connected in."""
+
+    def __init__(self, settings: Settings, *, client_name: str | None = None) -> None:
+        self.settings = settings
+        self.client_name = client_name or settings.name
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._url = ""
+        self._outage = False
+        self._reconnect_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._consumers_ready: set[str] = set()
+        self._kv: dict[str, KvStore] = {}
+        self._last_connect_error: BaseException | None = None
+
+    # -- connection ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The URL connected to, without secrets."""
+        return redact_url(self._url) if self._url else "(not connected)"
+
+    @property
+    def nc(self) -> NatsClient:
+        if self._nc is None:
+            raise ConnectError("not connected; use `async with app:` or `await app.connect()`")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise ConnectError("not connected; use `async with app:` or `await app.connect()`")
+        return self._js
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        return self.nc.max_payload
+
+    @property
+    def server_version(self) -> str:
+        version = self.nc.connected_server_version
+        return f"{version.major}.{version.minor}.{version.patch}"
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call ``callback`` after every reconnect (pull loops re-issue their requests)."""
+        self._reconnect_listeners.append(callback)
+
+    async def connect(self, wait: float = 0.0) -> None:
+        """Connect, check the server, and provision if the app's settings say so.
+
+        An unreachable server is retried for ``wait`` seconds (logging once), then is a
+        :class:`ConnectError`; wrong credentials and unsuitable servers fail at once.
+        """
+        url = self.settings.resolve_url()
+        self._url = url
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        announced = False
+        while True:
+            try:
+                self._nc = await self._open(url)
+                break
+            except ConnectError as exc:
+                if not exc.args[0].startswith("cannot reach") or loop.time() >= deadline:
+                    raise
+                if not announced:
+                    log.warning("waiting up to %.0fs for NATS at %s", wait, redact_url(url))
+                    announced = True
+                await asyncio.sleep(0.5)
+        self._js = self._nc.jetstream(timeout=self.settings.request_timeout)
+        try:
+            await self._check_server()
+            if self.settings.provision:
+                await self.provision()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self, url: str) -> NatsClient:
+        servers = [part.strip() for part in url.split(",")]
+        options: dict[str, Any] = {
+            "servers": servers,
+            "name": self.client_name,
+            "connect_timeout": max(1, round(self.settings.connect_timeout)),
+            # During the first connect each server is tried twice, so a bad URL or wrong
+            # credentials fail fast; afterwards we reconnect forever (set below).
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.25,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnect,
+            "reconnected_cb": self._on_reconnect,
+        }
+        options.update(self._auth_options())
+        try:
+            nc = await nats.connect(**options)
+        except nats.errors.NoServersError as exc:
+            raise self._connect_error(url, exc) from None
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise self._connect_error(url, exc) from None
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 1
+        return nc
+
+    def _connect_error(self, url: str, exc: BaseException) -> ConnectError:
+        cause = exc
+        if isinstance(exc, nats.errors.NoServersError):
+            # The underlying cause (refused, auth) reached us through the error callback.
+            cause = self._last_connect_error or exc
+        text = str(cause) or type(cause).__name__
+        if isinstance(cause, nats.errors.AuthorizationError) or "uthorization" in text:
+            return ConnectError(
+                f"NATS at {redact_url(url)} refused the credentials ({text}); check the user, "
+                "password, token or creds file"
+            )
+        return ConnectError(
+            f"cannot reach NATS at {redact_url(url)} ({text}); is the server running? "
+            "(`jsqueue server` starts one)"
+        )
+
+    def _auth_options(self) -> dict[str, Any]:
+        s = self.settings
+        options: dict[str, Any] = {}
+        if s.creds_file:
+            options["user_credentials"] = s.creds_file
+        if s.nkey_seed_file:
+            options["nkeys_seed"] = s.nkey_seed_file
+        if s.tls_ca_file or s.tls_cert_file:
+            ctx = ssl.create_default_context(cafile=s.tls_ca_file)
+            if s.tls_cert_file:
+                ctx.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+            options["tls"] = ctx
+        return options
+
+    async def _check_server(self) -> None:
+        version = self.nc.connected_server_version
+        found = (version.major, version.minor, version.patch)
+        if found < MIN_SERVER_VERSION:
+            wanted = ".".join(map(str, MIN_SERVER_VERSION))
+            have = ".".join(map(str, found))
+            raise ConnectError(
+                f"NATS at {self.url} is version {have}; jsqueue needs {wanted} or newer "
+                "(message schedules). Run `jsqueue server` for the bundled server, or upgrade"
+            )
+        try:
+            await self.js.account_info()
+        except (TimeoutError, nats.js.errors.APIError, nats.errors.Error) as exc:
+            raise ConnectError(
+                f"NATS at {self.url} has no JetStream ({type(exc).__name__}); start the server "
+                "with -js (or a `jetstream {}` block), or run `jsqueue server`"
+            ) from None
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self._kv.clear()
+        self._consumers_ready.clear()
+        if nc is not None and not nc.is_closed:
+            try:
+                await nc.drain()
+            except (TimeoutError, nats.errors.Error, OSError):
+                await nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._last_connect_error = exc
+        if self._nc is None:
+            return  # still connecting: the ConnectError will say it
+        if not self._outage:
+            log.warning("NATS connection problem at %s: %s", self.url, exc or type(exc).__name__)
+
+    async def _on_disconnect(self) -> None:
+        if self._nc is not None and not self._nc.is_closed and not self._outage:
+            self._outage = True
+            log.warning("disconnected from NATS at %s; reconnecting", self.url)
+
+    async def _on_reconnect(self) -> None:
+        self._outage = False
+        log.warning("reconnected to NATS at %s", self.url)
+        for callback in list(self._reconnect_listeners):
+            await callback()
+
+    # -- provisioning ------------------------------------------------------------------------
+
+    async def provision(self) -> None:
+        """Create or update the jobs and dead-letter streams (idempotent)."""
+        s = self.settings
+        await self.ensure_stream(
+            js_api.StreamConfig(
+                name=s.jobs_stream,
+                description="jsqueue jobs: ready queues and delayed (scheduled) jobs",
+                subjects=[s.queue_subjects, s.schedule_subjects],
+                retention=js_api.RetentionPolicy.WORK_QUEUE,
+                storage=js_api.StorageType.FILE,
+                discard=js_api.DiscardPolicy.OLD,
+                max_msgs=-1,
+                max_bytes=-1,
+                max_age=0,
+                duplicate_window=s.duplicate_window,
+                num_replicas=s.replicas,
+                allow_msg_schedules=True,
+                metadata={OWNER_KEY: "jobs"},
+            )
+        )
+        await self.ensure_stream(
+            js_api.StreamConfig(
+                name=s.dlq_stream,
+                description="jsqueue dead letters: jobs that can never succeed",
+                subjects=[s.dlq_subjects],
+                retention=js_api.RetentionPolicy.LIMITS,
+                storage=js_api.StorageType.FILE,
+                discard=js_api.DiscardPolicy.OLD,
+                max_age=s.dlq_max_age,
+                duplicate_window=s.duplicate_window,
+                num_replicas=s.replicas,
+                metadata={OWNER_KEY: "dlq"},
+            )
+        )
+
+    async def ensure_stream(self, config: js_api.StreamConfig) -> None:
+        """Create the stream, update it if ours and different, refuse it if not ours."""
+        assert config.name
+        try:
+            info = await self.js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.js.add_stream(config)
+                return
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != 10058:  # created by a racing process: compare below
+                    raise self._provision_error(config.name, exc) from None
+                info = await self.js.stream_info(config.name)
+        diffs = _differences(config, info.config)
+        if not diffs:
+            return
+        owner = (info.config.metadata or {}).get(OWNER_KEY)
+        wanted = (config.metadata or {}).get(OWNER_KEY)
+        described = "; ".join(
+            f"{k} is {_plain(have)!r}, jsqueue needs {_plain(want)!r}" for k, have, want in diffs
+        )
+        if owner != wanted:
+            raise ProvisionError(
+                f"stream {config.name} exists but was not created by jsqueue and differs: "
+                f"{described}. Remove it or give the app another prefix"
+            )
+        try:
+            merged = info.config.evolve(**{k: getattr(config, k) for k, _, _ in diffs})
+            await self.js.update_stream(merged)
+            log.info("updated stream %s: %s", config.name, described)
+        except nats.js.errors.APIError as exc:
+            raise ProvisionError(
+                f"stream {config.name} has settings jsqueue cannot change in place: {described} "
+                f"({exc.description}). Remove the stream or give the app another prefix"
+            ) from None
+
+    async def ensure_consumer(self, queue: str) -> str:
+        """Create or update the durable pull consumer of ``queue``; return its name."""
+        s = self.settings
+        name = s.consumer_name(queue)
+        if name in self._consumers_ready:
+            return name
+        config = js_api.ConsumerConfig(
+            durable_name=name,
+            description=f"jsqueue workers of queue {queue}",
+            filter_subject=s.queue_subject(queue),
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=s.ack_wait,
+            # The worker dead-letters a job past settings.max_deliver itself; the server must
+            # keep delivering it so that no job is stranded undelivered in the stream.
+            max_deliver=-1,
+            max_ack_pending=s.max_ack_pending,
+            max_waiting=512,
+            num_replicas=0 if s.replicas == 1 else s.replicas,
+            metadata={OWNER_KEY: "queue"},
+        )
+        try:
+            await self.js.add_consumer(s.jobs_stream, config)
+        except nats.js.errors.APIError as exc:
+            raise ProvisionError(
+                f"cannot create consumer {name} on {s.jobs_stream}: {exc.description}"
+            ) from None
+        self._consumers_ready.add(name)
+        return name
+
+    def forget_consumer(self, queue: str) -> None:
+        """Make the next :meth:`ensure_consumer` create the consumer again."""
+        self._consumers_ready.discard(self.settings.consumer_name(queue))
+
+    async def kv(self, purpose: str, *, ttl: float | None = None, history: int = 1) -> KvStore:
+        """The KV bucket ``<prefix>_<purpose>``, created (or its TTL updated) if needed."""
+        store = self._kv.get(purpose)
+        if store is None:
+            store = await KvStore.open(
+                self.js,
+                self.settings.bucket(purpose),
+                ttl=ttl,
+                history=history,
+                replicas=self.settings.replicas,
+                create=self.settings.provision,
+            )
+            self._kv[purpose] = store
+        return store
+
+    def _provision_error(self, name: str, exc: nats.js.errors.APIError) -> ProvisionError:
+        return ProvisionError(f"cannot create stream {name}: {exc.description} ({exc.err_code})")
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> Published:
+        """Publish to JetStream and wait for the server's ack, retrying with the same headers."""
+        self._check_size(subject, payload, headers)
+        try:
+            ack = await self.js.publish(subject, payload, headers=headers)
+        except _RETRYABLE:
+            ack = await self._publish_retrying(subject, payload, headers)
+        except nats.js.errors.APIError as exc:
+            raise self._publish_error(subject, exc) from None
+        return Published(ack.stream, ack.seq, bool(ack.duplicate))
+
+    async def _publish_retrying(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> js_api.PubAck:
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(self.settings.publish_timeout),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                retry=retry_if_exception_type(_RETRYABLE),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self.js.publish(subject, payload, headers=headers)
+        except _RETRYABLE as exc:
+            raise PublishError(
+                f"NATS at {self.url} did not confirm the publish to {subject} within "
+                f"{self.settings.publish_timeout:.0f}s ({type(exc).__name__}); the job may or may "
+                "not be stored: retry with the same job_id, which cannot store it twice"
+            ) from None
+        except nats.js.errors.APIError as exc:
+            raise self._publish_error(subject, exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def publish_many(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str] | None]]
+    ) -> list[Published]:
+        """Publish many messages pipelined (not one round trip each); all or an error."""
+        for subject, payload, headers in messages:
+            self._check_size(subject, payload, headers)
+        futures: list[asyncio.Future[js_api.PubAck] | None] = []
+        for subject, payload, headers in messages:
+            try:
+                futures.append(await self.js.publish_async(subject, payload, headers=headers))
+            except nats.errors.Error:
+                futures.append(None)  # retried below, with the same Msg-Id
+        results: list[Published] = []
+        for (subject, payload, headers), future in zip(messages, futures, strict=True):
+            try:
+                if future is None:
+                    raise nats.errors.TimeoutError
+                ack = await asyncio.wait_for(future, self.settings.request_timeout)
+            except _RETRYABLE:
+                ack = await self._publish_retrying(subject, payload, headers)
+            except nats.js.errors.APIError as exc:
+                raise self._publish_error(subject, exc) from None
+            results.append(Published(ack.stream, ack.seq, bool(ack.duplicate)))
+        return results
+
+    def _check_size(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        size = (
+            len(payload)
+            + len(subject)
+            + sum(len(k) + len(v) + 4 for k, v in (headers or {}).items())
+        )
+        if size > self.max_payload:
+            raise PayloadTooLarge(
+                f"the job is {size} bytes but NATS at {self.url} accepts at most "
+                f"{self.max_payload} (max_payload); pass a reference (a URL or key) instead of "
+                "the data, or raise max_payload on the server"
+            )
+
+    def _publish_error(self, subject: str, exc: nats.js.errors.APIError) -> PublishError:
+        return PublishError(f"NATS refused the publish to {subject}: {exc.description or exc}")
+
+    # -- core NATS ---------------------------------------------------------------------------
+
+    async def publish_core(self, subject: str, payload: bytes) -> None:
+        """Fire-and-forget core NATS publish (lifecycle events)."""
+        await self.nc.publish(subject, payload)
+
+    async def subscribe_core(
+        self, subject: str, callback: Callable[[str, bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Subscribe with ``callback(subject, data)``; return an unsubscribe coroutine function."""
+
+        async def on_msg(msg: Any) -> None:
+            await callback(msg.subject, msg.data)
+
+        sub = await self.nc.subscribe(subject, cb=on_msg)
+        return sub.unsubscribe
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def stream_subject_counts(self, stream: str, subjects: str) -> dict[str, int]:
+        """Messages per subject in ``stream`` matching the ``subjects`` filter."""
+        info = await self.js.stream_info(stream, subjects_filter=subjects)
+        return dict(info.state.subjects or {})
+
+    async def stream_info(self, stream: str) -> js_api.StreamInfo:
+        return await self.js.stream_info(stream)
+
+    async def consumer_info(self, queue: str) -> js_api.ConsumerInfo | None:
+        try:
+            info: js_api.ConsumerInfo = await self.js.consumer_info(
+                self.settings.jobs_stream, self.settings.consumer_name(queue)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return info
+
+    async def get_message(
+        self, stream: str, seq: int, subject: str | None = None, next_: bool = False
+    ) -> StoredMessage | None:
+        """Message ``seq`` of ``stream`` (or, with ``next_``, the first at or after it on
+        ``subject``); None if there is none."""
+        try:
+            msg = await self.js.get_msg(stream, seq, subject=subject, next=next_)
+        except nats.js.errors.NotFoundError:
+            return None
+        return StoredMessage(
+            msg.seq or 0, msg.subject or "", msg.data or b"", dict(msg.headers or {})
+        )
+
+    async def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        """The last message on ``subject``, or None."""
+        try:
+            msg = await self.js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return StoredMessage(
+            msg.seq or 0, msg.subject or "", msg.data or b"", dict(msg.headers or {})
+        )
+
+    async def messages(self, stream: str, subject: str, start_seq: int = 1) -> list[StoredMessage]:
+        """Every message on ``subject`` from ``start_seq``, without consuming them."""
+        out: list[StoredMessage] = []
+        while True:
+            msg = await self.get_message(stream, start_seq, subject=subject, next_=True)
+            if msg is None:
+                return out
+            out.append(msg)
+            start_seq = msg.seq + 1
+
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        try:
+            return await self.js.delete_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            return False
+
+    async def purge_stream(self, stream: str, subject: str | None = None) -> None:
+        """Remove every message of ``stream`` (on ``subject`` if given)."""
+        await self.js.purge_stream(stream, subject=subject)
+
+    async def flush(self) -> None:
+        await self.nc.flush()
+
+    async def destroy_prefix(self) -> None:
+        """Delete every stream and KV bucket of this app's prefix (tests and resets)."""
+        s = self.settings
+        names = [s.jobs_stream, s.dlq_stream, *(f"KV_{s.bucket(b)}" for b in BUCKETS)]
+        for name in names:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_stream(name)
+        self._kv.clear()
+        self._consumers_ready.clear()
+
+
+def _differences(
+    want: js_api.StreamConfig, have: js_api.StreamConfig
+) -> list[tuple[str, Any, Any]]:
+    """The fields jsqueue sets whose value on the server differs (server defaults ignored)."""
+    diffs = []
+    for name in (
+        "retention",
+        "storage",
+        "discard",
+        "max_msgs",
+        "max_bytes",
+        "max_age",
+        "duplicate_window",
+        "num_replicas",
+        "allow_msg_schedules",
+    ):
+        wanted = getattr(want, name)
+        if wanted is None:
+            continue
+        got = getattr(have, name)
+        if name in ("max_age", "duplicate_window"):
+            same = abs(float(got or 0) - float(wanted)) < 1e-3
+        elif name in ("max_msgs", "max_bytes"):
+            same = (got if got is not None else -1) == wanted
+        else:
+            same = got == wanted
+        if not same:
+            diffs.append((name, got, wanted))
+    if set(want.subjects or ()) != set(have.subjects or ()):
+        diffs.append(("subjects", have.subjects, want.subjects))
+    return diffs
+
+
+def _plain(value: Any) -> Any:
+    """Enum members as their wire value, for messages."""
+    return getattr(value, "value", value)

@@ -1,0 +1,206 @@
+"""The job envelope: a frozen, versioned record of one job, and its wire codecs.
+
+JSON is the default and carries only data. cloudpickle is opt-in per app or task for arguments JSON
+cannot carry; a pickled body travels with an HMAC-SHA256 signature made with the app's secret key,
+bound to the job id and task name, and a worker verifies it before unpickling. A worker never
+unpickles an unsigned or wrongly signed body.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsqueue.config import Serializer
+from jsqueue.errors import DecodeError, SerializeError, SignatureError
+
+ENVELOPE_VERSION = 1
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+
+def new_job_id() -> str:
+    """A unique job id that sorts by creation time (milliseconds, then 64 random bits)."""
+    return f"{time.time_ns() // 1_000_000:012x}{int.from_bytes(os.urandom(8), 'big'):016x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One job as it travels: what to run, with what, and how. Times are Unix seconds."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    created: float = 0.0
+    eta: float | None = None
+    expires: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    #: canvas steps to run after this job, as signature dicts (see jsqueue.canvas)
+    link: tuple[dict[str, Any], ...] = ()
+    #: a chord this job is a member of: {"id", "index", "size"}
+    chord: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    serializer: Serializer = "json"
+    #: the job id this job replays from the dead-letter stream
+    replay_of: str | None = None
+
+
+_OPTIONAL = (
+    "eta",
+    "expires",
+    "parent_id",
+    "root_id",
+    "chord",
+    "headers",
+    "replay_of",
+)
+
+
+def encode(env: Envelope, secret_key: bytes | None = None) -> bytes:
+    """Serialise an envelope to bytes; raise :class:`SerializeError` if its arguments cannot be."""
+    doc: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "id": env.id,
+        "task": env.task,
+        "queue": env.queue,
+        "created": env.created,
+    }
+    for name in _OPTIONAL:
+        value = getattr(env, name)
+        if value is not None:
+            doc[name] = value
+    if env.link:
+        doc["link"] = list(env.link)
+    if env.serializer == "json":
+        doc["args"] = list(env.args)
+        doc["kwargs"] = env.kwargs
+    else:
+        doc.update(
+            pickle_value(
+                {"args": list(env.args), "kwargs": env.kwargs},
+                secret_key,
+                bind=f"{env.id}\0{env.task}",
+                what=f"the arguments of {env.task}",
+            )
+        )
+    return to_json(doc, what=f"the arguments of {env.task}")
+
+
+def to_json(doc: Any, *, what: str) -> bytes:
+    """Dump a document as compact JSON bytes; :class:`SerializeError` names ``what`` failed."""
+    try:
+        return _dumps(doc).encode()
+    except (TypeError, ValueError) as exc:
+        raise SerializeError(
+            f"{what} cannot be sent as JSON ({exc}); use JSON types (str, int, float, bool, "
+            "None, list, dict) or serializer='cloudpickle'"
+        ) from None
+
+
+def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
+    """Parse bytes into an envelope, or raise :class:`DecodeError` that keeps the bytes."""
+    try:
+        doc = _loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"payload is not JSON: {exc}", raw=data) from None
+    if not isinstance(doc, dict):
+        raise DecodeError("payload is JSON but not an envelope object", raw=data)
+    version = doc.get("v")
+    if version != ENVELOPE_VERSION:
+        raise DecodeError(
+            f"envelope version {version!r} is not understood by this worker "
+            f"(it reads version {ENVELOPE_VERSION}); upgrade the worker or the producer",
+            raw=data,
+        )
+    try:
+        job_id, task = str(doc["id"]), str(doc["task"])
+        if "pickle" in doc:
+            body = unpickle_value(doc, secret_key, bind=f"{job_id}\0{task}", raw=data)
+            args, kwargs = body["args"], body["kwargs"]
+        else:
+            args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+        if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+            raise DecodeError("envelope args must be a list and kwargs an object", raw=data)
+        return Envelope(
+            id=job_id,
+            task=task,
+            args=tuple(args),
+            kwargs=kwargs,
+            queue=str(doc.get("queue", "default")),
+            created=float(doc.get("created", 0.0)),
+            eta=doc.get("eta"),
+            expires=doc.get("expires"),
+            parent_id=doc.get("parent_id"),
+            root_id=doc.get("root_id"),
+            link=tuple(doc.get("link") or ()),
+            chord=doc.get("chord"),
+            headers=doc.get("headers"),
+            serializer="cloudpickle" if "pickle" in doc else "json",
+            replay_of=doc.get("replay_of"),
+        )
+    except KeyError as exc:
+        raise DecodeError(f"envelope is missing or malformed: no field {exc}", raw=data) from None
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"envelope is missing or malformed: {exc}", raw=data) from None
+
+
+def pickle_value(value: Any, secret_key: bytes | None, *, bind: str, what: str) -> dict[str, str]:
+    """Pickle ``value`` into ``{"pickle": base64, "sig": hmac}`` fields of a JSON document.
+
+    ``bind`` is mixed into the signature so a signed body cannot be moved to another job.
+    """
+    if not secret_key:
+        raise SerializeError("serializer='cloudpickle' needs the app's secret_key")
+    import cloudpickle
+
+    try:
+        pickled = cloudpickle.dumps(value)
+    except Exception as exc:
+        raise SerializeError(f"{what} cannot be pickled: {exc!r}") from None
+    return {"pickle": base64.b64encode(pickled).decode(), "sig": _sign(secret_key, bind, pickled)}
+
+
+def unpickle_value(doc: dict[str, Any], secret_key: bytes | None, *, bind: str, raw: bytes) -> Any:
+    """Load the value :func:`pickle_value` stored in ``doc``, verifying its signature first."""
+    signature = doc.get("sig")
+    if not isinstance(signature, str) or not signature:
+        raise SignatureError("pickled payload is unsigned; refused without unpickling", raw=raw)
+    if not secret_key:
+        raise SignatureError(
+            "pickled payload received but this app has no secret_key to verify it; refused "
+            "without unpickling",
+            raw=raw,
+        )
+    try:
+        pickled = base64.b64decode(doc["pickle"], validate=True)
+    except (ValueError, TypeError):
+        raise DecodeError("pickled payload is not valid base64", raw=raw) from None
+    if not hmac.compare_digest(signature, _sign(secret_key, bind, pickled)):
+        raise SignatureError(
+            "pickled payload has a wrong signature (another secret_key, or tampered); refused "
+            "without unpickling",
+            raw=raw,
+        )
+    import cloudpickle
+
+    try:
+        return cloudpickle.loads(pickled)
+    except Exception as exc:
+        raise DecodeError(f"signed pickle could not be loaded: {exc!r}", raw=raw) from None
+
+
+def _sign(secret_key: bytes, bind: str, body: bytes) -> str:
+    mac = hmac.new(secret_key, bind.encode(), hashlib.sha256)
+    mac.update(b"\0")
+    mac.update(body)
+    return mac.hexdigest()

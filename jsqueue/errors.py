@@ -1,0 +1,106 @@
+"""The jsqueue exception tree, and the two exceptions a task raises to steer its own fate.
+
+Every error jsqueue raises derives from :class:`JsqueueError`; nats-py errors are translated at the
+broker boundary, so callers never need to import nats to handle a failure.
+"""
+
+from __future__ import annotations
+
+
+class JsqueueError(Exception):
+    """Base of every error raised by jsqueue."""
+
+
+class ConfigError(JsqueueError, ValueError):
+    """A setting, a name or an argument is invalid; the message names it and says what to do."""
+
+
+class ConnectError(JsqueueError):
+    """The NATS server cannot be reached, refused our credentials, or is not suitable."""
+
+
+class ProvisionError(JsqueueError):
+    """A stream, consumer or bucket could not be created, or exists with incompatible settings."""
+
+
+class PublishError(JsqueueError):
+    """The server did not confirm a publish; the job may be stored or not (retry with its id)."""
+
+
+class PayloadTooLarge(PublishError):
+    """The encoded job is larger than the server's max_payload; nothing was published."""
+
+
+class NotRegistered(JsqueueError, KeyError):
+    """No task of that name is registered on this app."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DecodeError(JsqueueError):
+    """A message could not be decoded into a job; ``raw`` keeps the bytes as received."""
+
+    def __init__(self, message: str, raw: bytes = b"") -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class SignatureError(DecodeError):
+    """A pickled payload was unsigned or wrongly signed; it was never unpickled."""
+
+
+class SerializeError(JsqueueError):
+    """Arguments or a return value cannot be encoded with the task's serializer."""
+
+
+class TaskFailed(JsqueueError):
+    """The job failed; the remote exception is described as data, never unpickled."""
+
+    def __init__(
+        self,
+        job_id: str,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str = "",
+        state: str = "FAILURE",
+    ) -> None:
+        super().__init__(f"job {job_id} failed: {remote_type}: {remote_message}")
+        self.job_id = job_id
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.state = state
+
+
+class ResultTimeout(JsqueueError, TimeoutError):
+    """No outcome was recorded for the job within the timeout."""
+
+
+# Control flow raised inside a task. They are not errors of jsqueue itself, but they live in the
+# same tree so that ``except JsqueueError`` in a task does not swallow them by accident.
+
+
+class Retry(JsqueueError):
+    """Raise inside a task to run it again after ``delay`` seconds (or the policy's wait)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))
+        self.delay = delay
+        self.reason = reason
+
+
+class Reject(JsqueueError):
+    """Raise inside a task to dead-letter the job at once, without further attempts."""
+
+    def __init__(self, reason: str = "rejected by the task") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ArgumentsError(JsqueueError, TypeError):
+    """The arguments do not fit the task's signature."""
+
+
+class TimeLimitExceeded(JsqueueError):
+    """A coroutine task ran past its ``time_limit`` and was cancelled."""

@@ -1,0 +1,160 @@
+"""A JetStream KV bucket with jsqueue's errors: create-only writes, guarded updates, watches.
+
+Part of the broker layer (it talks to nats). Keys use ``.`` between parts, never ``:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.kv import KeyValue
+
+from jsqueue.errors import JsqueueError, ProvisionError
+
+
+class KeyExists(JsqueueError):
+    """A create found the key already there, or an update found another revision."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: bytes
+    revision: int
+
+
+class KvStore:
+    """One KV bucket. Open it with :meth:`open` (through ``Broker.kv``)."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+        self._js = js
+        self._kv = kv
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+
+    @classmethod
+    async def open(
+        cls,
+        js: JetStreamContext,
+        bucket: str,
+        *,
+        ttl: float | None,
+        history: int,
+        replicas: int,
+        create: bool,
+    ) -> KvStore:
+        """Bind to the bucket, creating it (or updating its TTL) when ``create`` is true."""
+        if not create:
+            try:
+                return cls(js, await js.key_value(bucket), bucket)
+            except nats.js.errors.BucketNotFoundError:
+                raise ProvisionError(
+                    f"KV bucket {bucket} does not exist and this app has provision=False; "
+                    "start a worker (or an app with provisioning) once to create it"
+                ) from None
+        config = js_api.KeyValueConfig(
+            bucket=bucket,
+            history=history,
+            ttl=ttl,
+            replicas=replicas,
+            storage=js_api.StorageType.FILE,
+        )
+        try:
+            kv = await js.create_key_value(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != 10058:  # exists with another configuration
+                raise ProvisionError(
+                    f"cannot create KV bucket {bucket}: {exc.description}"
+                ) from None
+            info = await js.stream_info(f"KV_{bucket}")
+            await js.update_stream(info.config.evolve(max_age=ttl or 0))
+            kv = await js.key_value(bucket)
+        return cls(js, kv, bucket)
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return Entry(key, entry.value or b"", entry.revision or 0)
+
+    async def create(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        """Write ``key`` only if it does not exist; :class:`KeyExists` otherwise."""
+        try:
+            return await self._kv.create(key, value, msg_ttl=ttl)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            # nats-py may report the loser of a create race either way.
+            raise KeyExists(f"{self.bucket}: {key} exists") from None
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Write ``key`` only if its revision is still ``last``; :class:`KeyExists` otherwise."""
+        try:
+            return await self._kv.update(key, value, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise KeyExists(f"{self.bucket}: {key} changed since revision {last}") from None
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self._kv.put(key, value)
+
+    async def delete(self, key: str) -> None:
+        await self._kv.purge(key)
+
+    async def keys(self, pattern: str = ">") -> list[str]:
+        """Every live key matching the subject ``pattern`` (e.g. ``chord.abc.>``)."""
+        keys = []
+        watcher = await self._kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                keys.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return keys
+
+    async def values(self, pattern: str = ">") -> list[Entry]:
+        """Every live entry whose key matches ``pattern``."""
+        entries = []
+        watcher = await self._kv.watch(pattern, ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                entries.append(Entry(entry.key, entry.value or b"", entry.revision or 0))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return entries
+
+    async def count(self) -> int:
+        info = await self._js.stream_info(self.stream)
+        return int(info.state.messages)
+
+    async def watch_new(
+        self, callback: Callable[[str, bytes | None, int], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call ``callback(key, value or None if deleted, revision)`` for every write from now.
+
+        An ordered consumer starting at new messages: it does not replay the bucket, resumes
+        across reconnects, and costs one subscription however many keys are awaited.
+        """
+        prefix = f"$KV.{self.bucket}."
+
+        async def on_msg(msg: Any) -> None:
+            op = (msg.headers or {}).get("KV-Operation")
+            value = None if op in ("DEL", "PURGE") else (msg.data or b"")
+            await callback(msg.subject[len(prefix) :], value, msg.metadata.sequence.stream)
+
+        sub = await self._js.subscribe(
+            f"{prefix}>",
+            stream=self.stream,
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.NEW,
+            inactive_threshold=300,
+        )
+        return sub.unsubscribe

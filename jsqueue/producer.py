@@ -1,0 +1,124 @@
+"""From call options to a published job: envelope, subject, headers, publish.
+
+A job whose ``eta`` lies in the future is published as a server-side message schedule on
+``<prefix>.sched.<job id>`` that fires into its queue subject at that time: it waits on the server,
+never in a worker's memory. The job id is sent as ``Nats-Msg-Id``, so publishing it twice within
+the duplicate window stores it once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from jsqueue.broker import Broker, Published
+from jsqueue.config import Serializer, Settings, check_job_id, check_queue
+from jsqueue.envelope import Envelope, encode, new_job_id
+from jsqueue.errors import ConfigError
+
+MSG_ID = "Nats-Msg-Id"
+SCHEDULE = "Nats-Schedule"
+SCHEDULE_TARGET = "Nats-Schedule-Target"
+#: A job due sooner than this is published straight to its queue instead of scheduled.
+SCHEDULE_MIN_DELAY = 0.01
+
+
+def build_envelope(
+    settings: Settings,
+    task: str,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str,
+    serializer: Serializer,
+    job_id: str | None = None,
+    countdown: float | None = None,
+    eta: datetime | float | None = None,
+    expires: datetime | float | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Envelope:
+    """Validate call options and build the envelope. ``extra`` sets canvas fields (link, chord)."""
+    now = time.time()
+    if countdown is not None and eta is not None:
+        raise ConfigError("give countdown= or eta=, not both")
+    if countdown is not None:
+        if countdown < 0:
+            raise ConfigError(f"countdown must be >= 0 seconds, not {countdown!r}")
+        due: float | None = now + countdown
+    else:
+        due = to_timestamp(eta, "eta")
+    expiry = to_timestamp(expires, "expires", relative_to=now)
+    if headers is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError("headers must map str to str")
+    return Envelope(
+        id=check_job_id(job_id) if job_id is not None else new_job_id(),
+        task=task,
+        args=tuple(args),
+        kwargs=dict(kwargs or {}),
+        queue=check_queue(queue),
+        created=now,
+        eta=due,
+        expires=expiry,
+        headers=headers,
+        serializer=serializer,
+        **extra,
+    )
+
+
+def to_timestamp(
+    value: datetime | float | None, what: str, relative_to: float | None = None
+) -> float | None:
+    """A Unix timestamp from an aware datetime, or from seconds after ``relative_to``."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ConfigError(
+                f"{what} must be timezone-aware (e.g. datetime.now(UTC) + timedelta(...)); a "
+                "naive datetime is ambiguous across machines"
+            )
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be an aware datetime or seconds, not {value!r}")
+    if relative_to is not None:
+        return relative_to + float(value)
+    raise ConfigError(f"{what} must be an aware datetime (use countdown= for seconds)")
+
+
+def rfc3339(timestamp: float) -> str:
+    """UTC RFC 3339 with milliseconds, as message schedules want it."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wire_form(settings: Settings, env: Envelope) -> tuple[str, bytes, dict[str, str]]:
+    """The (subject, payload, headers) that carry ``env``."""
+    payload = encode(env, settings.secret_key)
+    headers = {MSG_ID: env.id}
+    if env.eta is not None and env.eta - time.time() > SCHEDULE_MIN_DELAY:
+        headers[SCHEDULE] = f"@at {rfc3339(env.eta)}"
+        headers[SCHEDULE_TARGET] = settings.queue_subject(env.queue)
+        return settings.schedule_subject(env.id), payload, headers
+    return settings.queue_subject(env.queue), payload, headers
+
+
+async def send(broker: Broker, env: Envelope) -> Published:
+    """Publish one job and wait until the server stored it."""
+    subject, payload, headers = wire_form(broker.settings, env)
+    return await broker.publish(subject, payload, headers)
+
+
+async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> list[Published]:
+    """Publish many jobs pipelined; return once the server stored every one."""
+    return await broker.publish_many([wire_form(broker.settings, env) for env in envelopes])
+
+
+def replayed(env: Envelope) -> Envelope:
+    """A copy of a dead-lettered job under a new id that records the original's."""
+    return replace(env, id=new_job_id(), created=time.time(), eta=None, replay_of=env.id)

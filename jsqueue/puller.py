@@ -1,0 +1,228 @@
+"""A pull loop on one durable consumer that never asks for more jobs than it may start.
+
+Instead of nats-py's ``fetch()`` (an asyncio task and a timer per message), the puller keeps a
+callback subscription on an inbox and sends ``CONSUMER.MSG.NEXT`` requests for exactly the slots the
+worker has free, refilling when half are free. Its traps, each handled here: status messages (408
+expired, 409 conflicts) give back their pending count; after a reconnect or silence past the idle
+heartbeat the count is reset and requests re-issued; at shutdown it stops asking and hands back
+whatever still arrives, so the worker can nak it at once instead of leaving it to ``ack_wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from jsqueue.broker import Broker
+
+log = logging.getLogger("jsqueue.puller")
+
+_STATUS = "Status"
+_DESCRIPTION = "Description"
+_PENDING_MSGS = "Nats-Pending-Messages"
+
+
+class Delivery:
+    """One delivery of a job message; it owns ack, nak, in_progress and term."""
+
+    __slots__ = ("_msg", "queue", "received")
+
+    def __init__(self, msg: Msg, queue: str) -> None:
+        self._msg = msg
+        self.queue = queue
+        self.received = time.monotonic()
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._msg.headers or {}
+
+    @property
+    def attempt(self) -> int:
+        """Which delivery this is (1 = first), counted by the server across worker crashes."""
+        return self._msg.metadata.num_delivered
+
+    @property
+    def stream_seq(self) -> int:
+        return self._msg.metadata.sequence.stream
+
+    @property
+    def settled(self) -> bool:
+        return self._msg.is_acked
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay: float = 0.0) -> None:
+        """Give the job back; the server redelivers it after ``delay`` seconds."""
+        await self._msg.nak(delay=delay if delay > 0 else None)
+
+    async def in_progress(self) -> None:
+        """Reset the server's ack timer: the job is still running."""
+        await self._msg.in_progress()
+
+    async def term(self) -> None:
+        """Tell the server never to deliver this job again (it leaves the work queue)."""
+        await self._msg.term()
+
+
+class Puller:
+    """Pulls jobs of one queue for a worker that has ``capacity`` slots.
+
+    ``on_delivery`` is called (synchronously, on the event loop) for each job, ``on_late`` for a
+    job that arrives after :meth:`stop_pulling`; the worker calls :meth:`release` once it has
+    settled a job.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        queue: str,
+        consumer: str,
+        capacity: int,
+        on_delivery: Callable[[Delivery], None],
+        on_late: Callable[[Delivery], None],
+        *,
+        expires: float = 30.0,
+        idle_heartbeat: float = 5.0,
+    ) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.capacity = capacity
+        self._on_delivery = on_delivery
+        self._on_late = on_late
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{broker.settings.jobs_stream}.{consumer}"
+        self._expires = expires
+        self._heartbeat = idle_heartbeat
+        self._inbox = ""
+        self._sub: Any = None
+        self.held = 0  # slots in use: delivered to the worker and not yet released
+        self.outstanding = 0  # requested from the server and not yet delivered
+        self._refill_at = max(1, capacity // 2)
+        self._stopping = False
+        self._last_heard = time.monotonic()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._silent = False
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.held - self.outstanding
+
+    async def start(self) -> None:
+        nc = self.broker.nc
+        self._inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(
+            self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+        self.broker.on_reconnect(self.reset)
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        await self._pull()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._last_heard = time.monotonic()
+        headers = msg.headers
+        if headers and _STATUS in headers and not msg.reply:
+            await self._on_status(headers)
+            return
+        self.outstanding = max(0, self.outstanding - 1)
+        self.held += 1
+        delivery = Delivery(msg, self.queue)
+        if self._stopping:
+            self._on_late(delivery)
+            return
+        self._on_delivery(delivery)
+
+    async def _on_status(self, headers: dict[str, str]) -> None:
+        status = headers.get(_STATUS, "")
+        if status == "100":  # idle heartbeat: the request is alive
+            return
+        description = headers.get(_DESCRIPTION, "")
+        if status in ("408", "409") and "Server Shutdown" not in description:
+            pending = int(headers.get(_PENDING_MSGS, "0") or 0)
+            self.outstanding = max(0, self.outstanding - pending)
+            if status == "409":
+                log.debug("pull on %s answered 409 %s", self.queue, description)
+            if "Consumer Deleted" in description:
+                log.warning("consumer of queue %s was deleted; recreating it", self.queue)
+                self.outstanding = 0
+                self.broker.forget_consumer(self.queue)
+                await self.broker.ensure_consumer(self.queue)
+            await self._pull()
+        elif status == "404":
+            self.outstanding = 0
+        # 409 Server Shutdown: the reconnect handler resets and pulls again.
+
+    async def release(self, count: int = 1) -> None:
+        """Slots came free (jobs settled); ask for more when half the capacity is free."""
+        self.held -= count
+        if self.free >= self._refill_at:
+            await self._pull()
+
+    async def _pull(self) -> None:
+        want = self.free
+        if want <= 0 or self._stopping or not self.broker.is_connected:
+            return
+        request = {
+            "batch": want,
+            "expires": int(self._expires * 1e9),
+            "idle_heartbeat": int(self._heartbeat * 1e9),
+        }
+        self.outstanding += want
+        try:
+            await self.broker.nc.publish(
+                self._next_subject, json.dumps(request).encode(), reply=self._inbox
+            )
+        except Exception as exc:  # disconnected: the reconnect handler pulls again
+            self.outstanding -= want
+            log.debug("pull request for %s not sent: %r", self.queue, exc)
+
+    async def reset(self) -> None:
+        """Forget outstanding requests (they died with the connection) and ask again."""
+        self.outstanding = 0
+        self._last_heard = time.monotonic()
+        await self._pull()
+
+    async def _watch(self) -> None:
+        """Re-pull when the server has been silent past two heartbeats while we wait on it."""
+        while not self._stopping:
+            await asyncio.sleep(self._heartbeat)
+            silent_for = time.monotonic() - self._last_heard
+            if self.outstanding > 0 and silent_for > 2 * self._heartbeat + 1:
+                if not self._silent:
+                    log.warning(
+                        "no heartbeat from NATS for %.0fs on queue %s; pulling again",
+                        silent_for,
+                        self.queue,
+                    )
+                    self._silent = True
+                await self.reset()
+            elif silent_for <= 2 * self._heartbeat + 1:
+                self._silent = False
+
+    def stop_pulling(self) -> None:
+        """Ask for nothing more; deliveries still arriving go to ``on_late``."""
+        self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    async def close(self) -> None:
+        self.stop_pulling()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as exc:  # the connection may be gone already
+                log.debug("unsubscribe of %s failed: %r", self.queue, exc)
+            self._sub = None

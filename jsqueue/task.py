@@ -1,0 +1,219 @@
+"""Tasks: a function registered on an app, sent as jobs with ``delay`` / ``apply_async``.
+
+``Task[P, R]`` keeps the function's parameters (``P``) and result type (``R``), so
+``add.delay("x", 1)`` is a type error where ``add`` takes ints, and ``await job.get()`` is an
+``R``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from jsqueue.canvas import Signature
+from jsqueue.config import Serializer, check_queue
+from jsqueue.errors import ArgumentsError, ConfigError, JsqueueError
+from jsqueue.producer import build_envelope, send, send_many
+from jsqueue.results import AsyncResult
+from jsqueue.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from jsqueue.app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task settings; ``None`` falls back to the app's."""
+
+    name: str
+    queue: str | None = None
+    retry: RetryPolicy | None = None
+    serializer: Serializer | None = None
+    ignore_result: bool = False
+    time_limit: float | None = None
+    track_started: bool | None = None
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run the function here; ``delay`` it to run it on a worker."""
+
+    def __init__(self, app: App, fn: Callable[P, Any], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        if options.queue is not None:
+            check_queue(options.queue)
+        if options.time_limit is not None and options.time_limit <= 0:
+            raise ConfigError(f"time_limit of task {self.name} must be positive seconds")
+        if options.serializer == "cloudpickle" and not app.settings.secret_key:
+            raise ConfigError(
+                f"task {self.name} uses serializer='cloudpickle', which needs the app's "
+                "secret_key=... (workers only unpickle signed payloads)"
+            )
+        policy = self.retry
+        limit = app.settings.max_deliver
+        if policy is not None and not policy.stops_by(limit):
+            raise ConfigError(
+                f"the retry policy of task {self.name} allows more attempts than max_deliver="
+                f"{limit}; bound it with stop=stop_after_attempt(n) for n <= {limit}, or raise "
+                "the app's max_deliver"
+            )
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function in this process (a coroutine for async tasks)."""
+        return self.fn(*args, **kwargs)
+
+    # -- resolved options ----------------------------------------------------------------------
+
+    @property
+    def queue(self) -> str:
+        return self.options.queue or self.app.settings.default_queue
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        return self.options.retry if self.options.retry is not None else self.app.default_retry
+
+    @property
+    def serializer(self) -> Serializer:
+        return self.options.serializer or self.app.settings.serializer
+
+    @property
+    def track_started(self) -> bool:
+        if self.options.track_started is not None:
+            return self.options.track_started
+        return self.app.settings.track_started
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`ArgumentsError` if the arguments do not fit the function."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentsError(f"wrong arguments for task {self.name}: {exc}") from None
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, AsyncResult[R]]:
+        """Send a job with these arguments; await it for the :class:`AsyncResult`."""
+        _require_loop(self.fn.__name__, "delay")
+        return self._send(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        job_id: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: datetime | float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Coroutine[Any, Any, AsyncResult[R]]:
+        """Send a job with options; await it for the :class:`AsyncResult`.
+
+        ``job_id`` is an idempotency key: the same id twice within the duplicate window stores
+        one job. ``countdown`` (seconds) or ``eta`` (aware datetime) delay it on the server;
+        ``expires`` (seconds from now, or an aware datetime) skips it if picked up later.
+        """
+        _require_loop(self.fn.__name__, "apply_async")
+        return self._send(
+            tuple(args),
+            kwargs or {},
+            queue=queue,
+            job_id=job_id,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            headers=headers,
+        )
+
+    def delay_sync(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """:meth:`delay` for code without an event loop; blocks until the server stored it."""
+        return self.app.run_sync(self._send(args, kwargs))
+
+    def apply_async_sync(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """:meth:`apply_async` for code without an event loop."""
+        return self.app.run_sync(self._send(tuple(args), kwargs or {}, **options))
+
+    async def _send(
+        self, args: Sequence[Any], kwargs: dict[str, Any], **options: Any
+    ) -> AsyncResult[R]:
+        self.check_arguments(args, kwargs)
+        broker = await self.app.broker()
+        queue = options.pop("queue", None) or self.queue
+        env = build_envelope(
+            self.app.settings,
+            self.name,
+            args,
+            kwargs,
+            queue=queue,
+            serializer=self.serializer,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+        await send(broker, env)
+        return AsyncResult(self.app, env.id, self.name)
+
+    async def map(self, items: Iterable[Any], *, queue: str | None = None) -> list[AsyncResult[R]]:
+        """Send one job per item (each the single argument), pipelined."""
+        return await self.starmap(((item,) for item in items), queue=queue)
+
+    async def starmap(
+        self, items: Iterable[Sequence[Any]], *, queue: str | None = None
+    ) -> list[AsyncResult[R]]:
+        """Send one job per argument tuple, pipelined: one round trip for the lot, not each."""
+        broker = await self.app.broker()
+        envelopes = []
+        for args in items:
+            self.check_arguments(args, {})
+            envelopes.append(
+                build_envelope(
+                    self.app.settings,
+                    self.name,
+                    args,
+                    queue=queue or self.queue,
+                    serializer=self.serializer,
+                )
+            )
+        await send_many(broker, envelopes)
+        return [AsyncResult(self.app, env.id, self.name) for env in envelopes]
+
+    # -- canvas --------------------------------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: this task with some arguments, to chain, group or schedule later.
+
+        In a chain, the previous step's result is passed as the first argument.
+        """
+        return Signature(self.name, args, kwargs, options={}, immutable=False)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain, the previous result is not passed to it."""
+        return Signature(self.name, args, kwargs, options={}, immutable=True)
+
+
+def _require_loop(task: str, method: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise JsqueueError(
+            f"{task}.{method}() needs a running event loop (await it in async code); in "
+            f"synchronous code call {task}.{method}_sync(...) instead"
+        ) from None

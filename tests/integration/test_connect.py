@@ -1,0 +1,133 @@
+"""Connecting: fail fast with one line, refuse unsuitable servers, provision idempotently."""
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from nats.js import api as js_api
+
+from jsqueue import App, ConnectError, ProvisionError
+from jsqueue.server import NatsServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_url_fails_fast_naming_it() -> None:
+    app = App("c", url=f"nats://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match=r"cannot reach NATS at nats://127.0.0.1:\d+"):
+        await app.connect()
+    assert time.monotonic() - started < 5
+
+
+async def test_wrong_credentials_fail_fast_without_the_secret(tmp_path: Path) -> None:
+    with NatsServer(extra_args=["--user", "alice", "--pass", "right"], store_dir=tmp_path) as srv:
+        app = App("c", url=f"nats://alice:wrong-pass@127.0.0.1:{srv.port}")
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match="refused the credentials") as info:
+            await app.connect()
+        assert time.monotonic() - started < 5
+        assert "wrong-pass" not in str(info.value)
+        assert "alice:***@" in str(info.value)
+        good = App("c", url=f"nats://alice:right@127.0.0.1:{srv.port}", prefix="cred")
+        async with good:
+            assert (await good.broker()).is_connected
+
+
+async def test_server_without_jetstream_is_refused(tmp_path: Path) -> None:
+    with (
+        NatsServer(jetstream=False) as srv,
+        pytest.raises(ConnectError, match=r"no JetStream.*-js"),
+    ):
+        await App("c", url=srv.url).connect()
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/nats-server").exists(), reason="no Debian nats-server")
+async def test_old_server_is_refused_with_the_minimum_version(tmp_path: Path) -> None:
+    # Debian's package (2.9.10) is older than the minimum; start our own copy on a free port.
+    old = NatsServer(binary=Path("/usr/sbin/nats-server"), store_dir=tmp_path)
+    expected = r"is version 2\.9\.\d+; jsqueue needs 2\.12\.0"
+    with old as srv, pytest.raises(ConnectError, match=expected):
+        await App("c", url=srv.url).connect()
+
+
+async def test_unreachable_server_is_waited_for_when_asked(tmp_path: Path) -> None:
+    port = free_port()
+    app = App("c", url=f"nats://127.0.0.1:{port}", prefix="waited")
+    server = NatsServer(port=port, store_dir=tmp_path)
+    connecting = asyncio.create_task(app.connect(wait=20))
+    try:
+        await asyncio.sleep(0.7)  # the client is retrying meanwhile: that is the point
+        assert not connecting.done()
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(connecting, 20)
+        assert (await app.broker()).is_connected
+    finally:
+        await app.close()
+        server.cleanup()
+
+
+async def test_provisioning_is_idempotent_and_updates_our_settings(jsq_app: App) -> None:
+    async with jsq_app:
+        broker = await jsq_app.broker()
+        await broker.provision()
+        info = await broker.stream_info(jsq_app.settings.jobs_stream)
+        assert info.config.retention == js_api.RetentionPolicy.WORK_QUEUE
+        assert info.config.allow_msg_schedules
+    jsq_app.configure(duplicate_window=30.0)
+    async with jsq_app:
+        info = await (await jsq_app.broker()).stream_info(jsq_app.settings.jobs_stream)
+        assert info.config.duplicate_window == 30.0
+
+
+async def test_foreign_stream_with_conflicting_settings_is_named(jsq_app: App) -> None:
+    name = jsq_app.settings.jobs_stream
+    other = App("o", url=jsq_app.settings.url, prefix=jsq_app.settings.prefix, provision=False)
+    async with other:
+        js = (await other.broker()).js
+        await js.add_stream(name=name, subjects=[f"{jsq_app.settings.prefix}.q.>"])
+    with pytest.raises(
+        ProvisionError, match=rf"stream {name} exists but was not created by jsqueue"
+    ):
+        await jsq_app.connect()
+    with pytest.raises(ProvisionError, match="retention is 'limits', jsqueue needs 'workqueue'"):
+        await jsq_app.connect()
+    async with other:
+        await (await other.broker()).js.delete_stream(name)
+
+
+def test_importing_jsqueue_and_a_task_module_never_connects(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import socket\n"
+        "def boom(*a, **k): raise SystemExit('connected at import')\n"
+        "socket.socket.connect = boom\n"
+        "socket.create_connection = boom\n"
+        "import jsqueue, jsqueue.worker, jsqueue.cli, worker.app\n"
+        "print('ok', len(worker.app.app.tasks))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok ")
+
+
+def test_bundled_binary_is_the_wheel_not_the_system_one() -> None:
+    import sys
+
+    from jsqueue.server import bundled_binary, server_version
+
+    binary = bundled_binary()
+    assert binary.is_relative_to(Path(sys.prefix).resolve())
+    major, minor, _ = (int(x) for x in server_version(binary).split("."))
+    assert (major, minor) >= (2, 12)

@@ -1,0 +1,1 @@
+"""The reference worker service that the Procfile runs: ``jsqueue worker -A worker.app:app``."""
