@@ -154,6 +154,18 @@ def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
         raise DecodeError(f"envelope is missing or malformed: {exc}", raw=data) from None
 
 
+def peek(data: bytes) -> tuple[str | None, str | None]:
+    """Best effort (job id, task) of a payload that did not decode, for dead-letter records."""
+    try:
+        doc = _loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    job_id, task = doc.get("id"), doc.get("task")
+    return (job_id if isinstance(job_id, str) else None, task if isinstance(task, str) else None)
+
+
 def pickle_value(value: Any, secret_key: bytes | None, *, bind: str, what: str) -> dict[str, str]:
     """Pickle ``value`` into ``{"pickle": base64, "sig": hmac}`` fields of a JSON document.
 

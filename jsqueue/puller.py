@@ -219,10 +219,15 @@ class Puller:
             self._watchdog.cancel()
 
     async def close(self) -> None:
+        """Stop pulling and close the inbox; jobs already received still reach ``on_late``.
+
+        After this returns the server has seen the unsubscribe, so it drops our open pull
+        requests instead of delivering to them.
+        """
         self.stop_pulling()
-        if self._sub is not None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
             try:
-                await self._sub.unsubscribe()
+                await sub.drain()
             except Exception as exc:  # the connection may be gone already
-                log.debug("unsubscribe of %s failed: %r", self.queue, exc)
-            self._sub = None
+                log.debug("closing the inbox of %s failed: %r", self.queue, exc)

@@ -53,8 +53,14 @@ class Task(Generic[P, R]):
         self.signature = inspect.signature(fn)
         if options.queue is not None:
             check_queue(options.queue)
-        if options.time_limit is not None and options.time_limit <= 0:
-            raise ConfigError(f"time_limit of task {self.name} must be positive seconds")
+        if options.time_limit is not None:
+            if not self.is_async:
+                raise ConfigError(
+                    f"task {self.name}: time_limit works for async def tasks only (a thread "
+                    "cannot be cancelled); enforce a timeout inside the function instead"
+                )
+            if options.time_limit <= 0:
+                raise ConfigError(f"time_limit of task {self.name} must be positive seconds")
         if options.serializer == "cloudpickle" and not app.settings.secret_key:
             raise ConfigError(
                 f"task {self.name} uses serializer='cloudpickle', which needs the app's "

@@ -28,7 +28,7 @@ from jsqueue.app import App
 from jsqueue.broker import Broker
 from jsqueue.config import check_queue
 from jsqueue.context import JobContext, reset_current, set_current
-from jsqueue.envelope import Envelope, decode
+from jsqueue.envelope import Envelope, decode, peek
 from jsqueue.errors import (
     ArgumentsError,
     DecodeError,
@@ -60,6 +60,12 @@ class WorkerStats:
     @property
     def processed(self) -> int:
         return self.succeeded + self.failed + self.dead_lettered + self.skipped
+
+    def summary(self) -> str:
+        return (
+            f"{self.succeeded} succeeded, {self.failed} failed, {self.retried} retried, "
+            f"{self.dead_lettered} dead-lettered, {self.skipped} skipped"
+        )
 
 
 @dataclass
@@ -153,18 +159,23 @@ class Worker:
                 await lane.puller.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
             await broker.flush()
-        log.info("worker %s stopped: %s", self.id, self.stats)
+        log.info("worker %s stopped: %s", self.id, self.stats.summary())
         return self.stats
 
     async def _drain(self) -> None:
+        """Stop pulling, let running jobs finish within ``grace``, give back the rest.
+
+        The pull inboxes are closed first (a round trip makes sure the server saw it), so a job
+        given back cannot be redelivered to this worker's own still-open pull requests.
+        """
         log.info("worker %s stopping: %d job(s) running", self.id, len(self._tasks))
         for lane in self._lanes.values():
-            lane.puller.stop_pulling()
+            await lane.puller.close()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace)
             if pending:
                 log.warning(
-                    "%d job(s) still running after %.0fs; giving them back",
+                    "%d job(s) still running after %.1fs; giving them back",
                     len(pending),
                     self.grace,
                 )
@@ -381,10 +392,11 @@ class Worker:
         assert decision.reason is not None
         broker = self._broker_or_raise()
         doc = _error_doc(error)
+        job_id, task = (env.id, env.task) if env else peek(delivery.data)
         headers = dlq.build(
             payload=delivery.data,
-            job_id=env.id if env else f"seq-{delivery.stream_seq}",
-            task=env.task if env else "?",
+            job_id=job_id or f"seq-{delivery.stream_seq}",
+            task=task or "?",
             queue=delivery.queue,
             reason=decision.reason.value,
             error_type=doc["type"],
@@ -417,7 +429,10 @@ class Worker:
         what = f"dead-lettered ({decision.reason.value})"
         if env is None:
             log.warning(
-                "undecodable job (stream seq %d) dead-lettered: %s", delivery.stream_seq, error
+                "undecodable job %s (stream seq %d) dead-lettered: %s",
+                job_id or "without id",
+                delivery.stream_seq,
+                error,
             )
         else:
             self._log(env, delivery, what, started, error, level=logging.WARNING)

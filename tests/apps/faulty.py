@@ -1,0 +1,47 @@
+"""Tasks for tests that run workers as separate processes (and kill them).
+
+The prefix and ack_wait come from the environment so each test gets its own streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from jsqueue import App, current_job
+
+app = App(
+    "faulty",
+    prefix=os.environ.get("JSQ_TEST_PREFIX", "faulty"),
+    ack_wait=float(os.environ.get("JSQ_TEST_ACK_WAIT", "2")),
+    max_deliver=int(os.environ.get("JSQ_TEST_MAX_DELIVER", "3")),
+)
+
+
+def _mark(directory: str, name: str) -> None:
+    path = Path(directory) / name
+    with open(path, "a") as f:
+        f.write(f"{current_job().attempt} {os.getpid()} {time.time()}\n")
+
+
+@app.task
+async def slow(seconds: float, marks: str) -> str:
+    """Record the start, sleep, record the end."""
+    job = current_job()
+    _mark(marks, f"{job.id}.start")
+    await asyncio.sleep(seconds)
+    _mark(marks, f"{job.id}.end")
+    return job.id
+
+
+@app.task
+def crash() -> None:
+    """Kill the worker process itself, every time."""
+    os._exit(3)
+
+
+@app.task(ignore_result=True)
+async def quick(i: int) -> int:
+    return i

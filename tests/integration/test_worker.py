@@ -1,0 +1,390 @@
+"""The worker in-process against a real server: outcomes, retries, dead letters, context."""
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import time
+
+import pytest
+from tenacity import retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from jsqueue import App, JobState, Reject, Retry, RetryPolicy, TaskFailed, current_job
+from jsqueue import dlq as dead_letters
+from jsqueue.testing import burst, running_worker
+
+
+async def dead(app: App) -> list[dead_letters.DeadLetter]:
+    return await dead_letters.list_letters(await app.broker())
+
+
+async def publish_raw(app: App, data: bytes, queue: str = "default") -> None:
+    broker = await app.broker()
+    await broker.publish(app.settings.queue_subject(queue), data)
+
+
+async def test_async_and_sync_tasks_run_and_return(jsq_app: App) -> None:
+    @jsq_app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @jsq_app.task
+    def shout(word: str) -> str:
+        return word.upper()
+
+    async with jsq_app:
+        a = await add.delay(2, 3)
+        b = await shout.delay("hi")
+        stats = await burst(jsq_app)
+        assert await a.get(timeout=5) == 5
+        assert await b.get(timeout=5) == "HI"
+    assert stats.succeeded == 2
+
+
+async def test_current_job_inside_async_and_thread_tasks(jsq_app: App) -> None:
+    seen = []
+
+    @jsq_app.task(queue="ctx")
+    async def coro() -> None:
+        seen.append(current_job())
+
+    @jsq_app.task(queue="ctx")
+    def thread() -> None:
+        seen.append(current_job())
+
+    async with jsq_app:
+        a = await coro.apply_async(job_id="ctx-a", headers={"trace": "t1"})
+        b = await thread.apply_async(job_id="ctx-b")
+        await burst(jsq_app, queues=["ctx"])
+    by_id = {ctx.id: ctx for ctx in seen}
+    assert set(by_id) == {a.id, b.id}
+    assert by_id["ctx-a"].task == coro.name
+    assert by_id["ctx-a"].attempt == 1
+    assert by_id["ctx-a"].queue == "ctx"
+    assert by_id["ctx-a"].headers == {"trace": "t1"}
+    assert by_id["ctx-b"].task == thread.name
+
+
+async def test_retries_wait_on_the_server_per_policy(jsq_app: App) -> None:
+    attempts: list[tuple[int, float]] = []
+
+    @jsq_app.task(
+        retry=RetryPolicy(
+            stop=stop_after_attempt(3), wait=wait_fixed(0.4), retry=retry_if_exception_type(OSError)
+        )
+    )
+    async def flaky() -> str:
+        attempts.append((current_job().attempt, time.monotonic()))
+        if len(attempts) < 3:
+            raise ConnectionError("down")
+        return "ok"
+
+    async with jsq_app:
+        job = await flaky.delay()
+        stats = await burst(jsq_app)
+        assert await job.get(timeout=5) == "ok"
+    assert [n for n, _ in attempts] == [1, 2, 3]
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(attempts)]
+    assert all(gap >= 0.38 for gap in gaps), gaps
+    assert stats.retried == 2
+    assert stats.succeeded == 1
+
+
+async def test_retry_state_is_recorded_between_attempts(jsq_app: App) -> None:
+    gate = asyncio.Event()
+
+    @jsq_app.task(retry=RetryPolicy(stop=stop_after_attempt(2), wait=wait_fixed(0.5)))
+    async def once_failing() -> str:
+        if current_job().attempt == 1:
+            raise ValueError("first try fails")
+        await gate.wait()
+        return "second"
+
+    async with jsq_app, running_worker(jsq_app):
+        job = await once_failing.delay()
+        for _ in range(100):
+            if await job.state() is JobState.RETRY:
+                break
+            await asyncio.sleep(0.02)
+        info = await job.info()
+        assert info["state"] == "RETRY"
+        assert info["error"]["type"] == "ValueError"
+        assert info["retry_at"] > time.time() - 1
+        gate.set()
+        assert await job.get(timeout=5) == "second"
+
+
+async def test_exhausted_retries_are_dead_lettered_as_failure(jsq_app: App) -> None:
+    @jsq_app.task(retry=RetryPolicy(stop=stop_after_attempt(2), wait=wait_fixed(0.1)))
+    async def always_fails() -> None:
+        raise ValueError("broken for good")
+
+    async with jsq_app:
+        job = await always_fails.delay()
+        await burst(jsq_app)
+        with pytest.raises(TaskFailed, match="ValueError: broken for good") as info:
+            await job.get(timeout=5)
+        assert info.value.remote_type == "ValueError"
+        assert "raise ValueError" in info.value.remote_traceback
+        assert await job.state() is JobState.FAILURE
+        [letter] = await dead(jsq_app)
+    assert (letter.job_id, letter.reason, letter.attempts) == (job.id, "retries_exhausted", 2)
+    assert letter.error_message == "broken for good"
+    assert letter.worker
+
+
+async def test_non_retryable_and_rejected_jobs_are_dead_lettered_at_once(jsq_app: App) -> None:
+    calls = []
+
+    @jsq_app.task(retry=RetryPolicy(retry=retry_if_exception_type(OSError)))
+    async def picky(kind: str) -> None:
+        calls.append(kind)
+        if kind == "value":
+            raise ValueError("not retryable")
+        raise Reject("bad input, never retry")
+
+    async with jsq_app:
+        v = await picky.delay("value")
+        r = await picky.delay("reject")
+        await burst(jsq_app)
+        letters = {letter.job_id: letter for letter in await dead(jsq_app)}
+        assert await r.state() is JobState.DEAD
+        assert await v.state() is JobState.FAILURE
+    assert sorted(calls) == ["reject", "value"]
+    assert letters[v.id].reason == "not_retryable"
+    assert letters[r.id].reason == "rejected"
+    assert letters[r.id].error_message == "bad input, never retry"
+
+
+async def test_task_can_retry_on_its_own_terms(jsq_app: App) -> None:
+    seen = []
+
+    @jsq_app.task
+    async def polite() -> int:
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            raise Retry(delay=0.3)
+        return len(seen)
+
+    async with jsq_app:
+        job = await polite.delay()
+        await burst(jsq_app)
+        assert await job.get(timeout=5) == 2
+    assert seen[1] - seen[0] >= 0.28
+
+
+async def test_poison_payloads_are_dead_lettered_while_the_worker_serves(
+    jsq_app: App, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    marker = tmp_path / "pwned"
+    pickled = (
+        b"\x80\x04\x95"
+        + b"\x00" * 8
+        + b"\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c"
+        + bytes([len(f"touch {marker}")])
+        + f"touch {marker}".encode()
+        + b"\x94\x85\x94R\x94."
+    )
+
+    @jsq_app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with jsq_app:
+        await publish_raw(jsq_app, b"\x00\xffnot json at all")
+        await publish_raw(jsq_app, b'{"v": 1, "id": "trunc", "task": "x"')
+        await publish_raw(jsq_app, json.dumps({"v": 7, "id": "future", "task": add.name}).encode())
+        await publish_raw(
+            jsq_app,
+            json.dumps(
+                {
+                    "v": 1,
+                    "id": "unsigned",
+                    "task": add.name,
+                    "pickle": base64.b64encode(pickled).decode(),
+                }
+            ).encode(),
+        )
+        await publish_raw(
+            jsq_app,
+            json.dumps(
+                {
+                    "v": 1,
+                    "id": "forged",
+                    "task": add.name,
+                    "pickle": base64.b64encode(pickled).decode(),
+                    "sig": "ab" * 32,
+                }
+            ).encode(),
+        )
+        await publish_raw(
+            jsq_app,
+            json.dumps({"v": 1, "id": "wrongargs", "task": add.name, "args": [1, 2, 3]}).encode(),
+        )
+        good = await add.delay(1, 1)
+        await burst(jsq_app)
+        assert await good.get(timeout=5) == 2
+        letters = await dead(jsq_app)
+    reasons = sorted(letter.reason for letter in letters)
+    assert reasons == sorted(
+        [
+            "undecodable",
+            "undecodable",
+            "undecodable",
+            "bad_signature",
+            "bad_signature",
+            "wrong_arguments",
+        ]
+    )
+    by_id = {letter.job_id: letter for letter in letters}
+    assert "unsigned; refused without unpickling" in by_id["unsigned"].error_message
+    assert "refused without unpickling" in by_id["forged"].error_message
+    assert "too many positional arguments" in by_id["wrongargs"].error_message
+    assert "version 7" in by_id["future"].error_message
+    raw = [letter for letter in letters if letter.payload.startswith(b"\x00\xff")]
+    assert raw
+    assert raw[0].payload == b"\x00\xffnot json at all"
+    assert not marker.exists()
+
+
+async def test_unknown_task_waits_for_a_rolling_deploy_then_dead_letters(
+    nats_server: object, jsq_prefix: str
+) -> None:
+    from jsqueue.server import NatsServer
+    from jsqueue.testing import destroy
+
+    assert isinstance(nats_server, NatsServer)
+    app = App(
+        "u", url=nats_server.url, prefix=jsq_prefix, unknown_task_retries=3, unknown_task_delay=0.2
+    )
+    try:
+        async with app:
+            await publish_raw(
+                app, json.dumps({"v": 1, "id": "ghost", "task": "not.deployed"}).encode()
+            )
+            started = time.monotonic()
+            stats = await burst(app)
+            [letter] = await dead(app)
+        assert letter.reason == "unknown_task"
+        assert letter.attempts == 3
+        assert stats.retried == 2
+        assert time.monotonic() - started >= 0.4
+    finally:
+        await destroy(app)
+
+
+async def test_unserializable_result_fails_without_retry(jsq_app: App) -> None:
+    calls = []
+
+    @jsq_app.task(retry=RetryPolicy(stop=stop_after_attempt(3), wait=wait_fixed(0.1)))
+    async def returns_object() -> object:
+        calls.append(1)
+        return object()
+
+    async with jsq_app:
+        job = await returns_object.delay()
+        await burst(jsq_app)
+        with pytest.raises(TaskFailed, match="SerializeError"):
+            await job.get(timeout=5)
+    assert calls == [1]
+
+
+async def test_time_limit_cancels_an_overrunning_coroutine(jsq_app: App) -> None:
+    @jsq_app.task(time_limit=0.2)
+    async def too_slow() -> None:
+        await asyncio.sleep(30)
+
+    async with jsq_app:
+        job = await too_slow.delay()
+        started = time.monotonic()
+        await burst(jsq_app)
+        with pytest.raises(TaskFailed, match="TimeLimitExceeded"):
+            await job.get(timeout=5)
+    assert time.monotonic() - started < 5
+
+
+def test_time_limit_on_a_thread_task_is_refused() -> None:
+    from jsqueue import ConfigError
+
+    app = App("t")
+    with pytest.raises(ConfigError, match="time_limit works for async def tasks only"):
+
+        @app.task(time_limit=1)
+        def blocking() -> None: ...
+
+
+async def test_never_more_jobs_than_free_slots(jsq_app: App) -> None:
+    running = finished = peak = peak_unacked = 0
+    all_done = asyncio.Event()
+
+    @jsq_app.task(ignore_result=True)
+    async def slow() -> None:
+        nonlocal running, finished, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        finished += 1
+        if finished == 20:
+            all_done.set()
+
+    async with jsq_app:
+        await slow.starmap([()] * 20)
+        broker = await jsq_app.broker()
+        async with running_worker(jsq_app, concurrency=3):
+            while not all_done.is_set():  # sample the server's view while jobs run
+                info = await broker.consumer_info("default")
+                assert info is not None
+                peak_unacked = max(peak_unacked, info.num_ack_pending or 0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(all_done.wait(), 0.02)
+    assert peak == 3
+    assert 0 < peak_unacked <= 3
+
+
+async def test_long_job_heartbeats_and_runs_once(nats_server: object, jsq_prefix: str) -> None:
+    from jsqueue.server import NatsServer
+    from jsqueue.testing import destroy
+
+    assert isinstance(nats_server, NatsServer)
+    app = App("long", url=nats_server.url, prefix=jsq_prefix, ack_wait=0.6)
+    runs = []
+
+    @app.task
+    async def long_job() -> str:
+        runs.append(current_job().attempt)
+        await asyncio.sleep(3.0)  # 5x ack_wait
+        return "done"
+
+    try:
+        async with app:
+            job = await long_job.delay()
+            await burst(app, concurrency=2)
+            assert await job.get(timeout=5) == "done"
+            info = await (await app.broker()).consumer_info("default")
+            assert info is not None
+            assert info.delivered is not None
+            assert info.delivered.consumer_seq == 1
+        assert runs == [1]
+    finally:
+        await destroy(app)
+
+
+async def test_expired_job_is_skipped(jsq_app: App) -> None:
+    ran = []
+
+    @jsq_app.task
+    async def late() -> None:
+        ran.append(1)
+
+    async with jsq_app:
+        job = await late.apply_async(expires=0.01)
+        await asyncio.sleep(0.05)  # let it expire before any worker sees it
+        await burst(jsq_app)
+        assert await job.state() is JobState.EXPIRED
+        assert await dead(jsq_app) == []
+    assert ran == []

@@ -1,0 +1,247 @@
+"""Workers as real processes: SIGKILL, SIGTERM drain, crash loops, server restarts, the CLI."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jsqueue import App
+from jsqueue import dlq as dead_letters
+from jsqueue.server import NatsServer
+from jsqueue.testing import Process, destroy
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def worker_process(url: str, prefix: str, tmp: Path, *args: str, **env: str) -> Process:
+    return Process.jsqueue(
+        "worker",
+        "-A",
+        "tests.apps.faulty:app",
+        "--url",
+        url,
+        *args,
+        env={"JSQ_TEST_PREFIX": prefix, **env},
+        cwd=ROOT,
+        log_dir=tmp,
+        name="worker",
+    )
+
+
+@pytest.fixture
+async def faulty(
+    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[App]:
+    """The faulty app as the test process sees it (same prefix as its worker processes)."""
+    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
+    monkeypatch.syspath_prepend(str(ROOT))
+    import importlib
+
+    import tests.apps.faulty as module
+
+    module = importlib.reload(module)
+    module.app.configure(url=nats_server.url)
+    try:
+        yield module.app
+    finally:
+        await destroy(module.app)
+
+
+async def wait_for(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_sigkill_mid_job_is_redelivered_and_completed(
+    faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
+) -> None:
+    slow = faulty.tasks["tests.apps.faulty.slow"]
+    async with faulty:
+        job = await slow.delay(0.5, str(tmp_path))
+        with worker_process(nats_server.url, jsq_prefix, tmp_path) as first:
+            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            first.kill()
+            killed_at = time.time()
+        with worker_process(nats_server.url, jsq_prefix, tmp_path) as second:
+            assert await job.get(timeout=20) == job.id
+            second.stop()
+    starts = (tmp_path / f"{job.id}.start").read_text().split("\n")[:-1]
+    assert [line.split()[0] for line in starts] == ["1", "2"]
+    back_after = float(starts[1].split()[2]) - killed_at
+    assert back_after < faulty.settings.ack_wait + 2
+    print(f"SIGKILLed job came back after {back_after:.2f}s (ack_wait {faulty.settings.ack_wait}s)")
+
+
+async def test_sigterm_drains_running_jobs_and_exits_zero(
+    faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
+) -> None:
+    slow = faulty.tasks["tests.apps.faulty.slow"]
+    async with faulty:
+        job = await slow.delay(1.0, str(tmp_path))
+        with worker_process(nats_server.url, jsq_prefix, tmp_path, "--grace", "10") as worker:
+            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            worker.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 20) == 0
+        assert (tmp_path / f"{job.id}.end").exists()
+        assert await job.get(timeout=5) == job.id
+    assert "stopping gracefully" in worker.output()
+
+
+async def test_grace_expiry_gives_the_job_back_at_once(
+    faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
+) -> None:
+    slow = faulty.tasks["tests.apps.faulty.slow"]
+    env = {"JSQ_TEST_ACK_WAIT": "10"}  # a redelivery by timeout would take 10 s
+    async with faulty:
+        job = await slow.delay(3.0, str(tmp_path))
+        args = ("--grace", "0.2")
+        with worker_process(nats_server.url, jsq_prefix, tmp_path, *args, **env) as worker:
+            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            worker.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 20) == 0
+            given_back = time.time()
+        with worker_process(nats_server.url, jsq_prefix, tmp_path, **env):
+            assert await job.get(timeout=20) == job.id
+    starts = (tmp_path / f"{job.id}.start").read_text().splitlines()
+    assert [line.split()[0] for line in starts] == ["1", "2"]
+    assert float(starts[1].split()[2]) - given_back < 3  # at once, not after ack_wait
+
+
+async def test_a_job_that_kills_its_worker_ends_in_the_dlq_once(
+    faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
+) -> None:
+    crash = faulty.tasks["tests.apps.faulty.crash"]
+    quick = faulty.tasks["tests.apps.faulty.quick"]
+    env = {"JSQ_TEST_ACK_WAIT": "0.5"}
+    async with faulty:
+        job = await crash.delay()
+        broker = await faulty.broker()
+        exits = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if await dead_letters.list_letters(broker):
+                break
+            with worker_process(nats_server.url, jsq_prefix, tmp_path, "--burst", **env) as w:
+                exits.append(await asyncio.to_thread(w.wait, 30))
+        letters = await dead_letters.list_letters(broker)
+        await quick.delay(1)
+        with worker_process(nats_server.url, jsq_prefix, tmp_path, "--burst", **env) as w:
+            assert await asyncio.to_thread(w.wait, 30) == 0
+        counts = await broker.stream_subject_counts(faulty.settings.jobs_stream, "*.q.>")
+    assert exits.count(3) == faulty.settings.max_deliver  # three crashes, then the DLQ
+    assert [(x.job_id, x.reason) for x in letters] == [(job.id, "crash_loop")]
+    assert "delivered 4 times without an outcome" in letters[0].error_message
+    assert counts == {}  # gone from the jobs stream
+
+
+async def test_server_restart_mid_run_loses_no_acked_job(
+    tmp_path: Path, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
+    import importlib
+
+    import tests.apps.faulty as module
+
+    app = importlib.reload(module).app
+    server = NatsServer(store_dir=tmp_path / "store").start()
+    app.configure(url=server.url)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    try:
+        async with app:
+            jobs = await app.tasks["tests.apps.faulty.slow"].starmap([(0.01, str(marks))] * 300)
+        with worker_process(server.url, jsq_prefix, tmp_path, "-c", "4") as worker:
+            await wait_for(lambda: len(list(marks.glob("*.end"))) >= 40, 30, "40 jobs done")
+            await asyncio.to_thread(server.restart)
+            async with app:
+                outcomes = [await job.get(timeout=30) for job in jobs]
+            worker.stop()
+        assert outcomes == [job.id for job in jobs]
+        assert "reconnected to NATS" in worker.output()
+    finally:
+        await app.close()
+        server.cleanup()
+
+
+def test_cli_help_is_complete() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "jsqueue", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("worker", "server", "dlq"):
+        assert command in out
+    worker_help = subprocess.run(
+        [sys.executable, "-m", "jsqueue", "worker", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in (
+        "--app",
+        "--queues",
+        "--concurrency",
+        "--url",
+        "--burst",
+        "--grace",
+        "--log-level",
+    ):
+        assert option in worker_help
+
+
+def test_cli_without_app_or_with_a_bad_one_says_what_to_do(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "JSQUEUE_APP"}
+    no_app = subprocess.run(
+        [sys.executable, "-m", "jsqueue", "worker"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert no_app.returncode == 2
+    assert "pass -A module:app" in no_app.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "jsqueue", "worker", "-A", "nosuchmodule:app"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 1
+    assert "cannot import 'nosuchmodule'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_worker_cli_against_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jsqueue",
+            "worker",
+            "-A",
+            "tests.apps.faulty:app",
+            "--url",
+            "nats://127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("Error: cannot reach NATS at nats://127.0.0.1:1")
+    )
