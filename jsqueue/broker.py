@@ -77,6 +77,7 @@ class Broker:
         self._consumers_ready: set[str] = set()
         self._kv: dict[str, KvStore] = {}
         self._last_connect_error: BaseException | None = None
+        self._auth_error: BaseException | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -173,10 +174,11 @@ class Broker:
     def _connect_error(self, url: str, exc: BaseException) -> ConnectError:
         cause = exc
         if isinstance(exc, nats.errors.NoServersError):
-            # The underlying cause (refused, auth) reached us through the error callback.
-            cause = self._last_connect_error or exc
+            # The underlying cause (refused, auth) reached us through the error callback; an
+            # authorization failure wins over the "connection reset" that may follow it.
+            cause = self._auth_error or self._last_connect_error or exc
         text = str(cause) or type(cause).__name__
-        if isinstance(cause, nats.errors.AuthorizationError) or "uthorization" in text:
+        if _is_auth_error(cause):
             return ConnectError(
                 f"NATS at {redact_url(url)} refused the credentials ({text}); check the user, "
                 "password, token or creds file"
@@ -230,6 +232,8 @@ class Broker:
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_connect_error = exc
+        if _is_auth_error(exc):
+            self._auth_error = exc
         if self._nc is None:
             return  # still connecting: the ConnectError will say it
         if not self._outage:
@@ -573,6 +577,10 @@ def _differences(
     if set(want.subjects or ()) != set(have.subjects or ()):
         diffs.append(("subjects", have.subjects, want.subjects))
     return diffs
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "uthorization" in str(exc)
 
 
 def _plain(value: Any) -> Any:

@@ -215,8 +215,9 @@ def _exit_despite_threads() -> None:
     "--store-dir",
     type=click.Path(file_okay=False),
     default=".jsqueue/nats",
+    envvar="JSQUEUE_STORE_DIR",
     show_default=True,
-    help="JetStream storage directory.",
+    help="JetStream storage directory. [env: JSQUEUE_STORE_DIR]",
 )
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
 def server(url: str, port: int | None, store_dir: str, log_level: str) -> None:

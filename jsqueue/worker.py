@@ -372,9 +372,8 @@ class Worker:
                 )
             await delivery.nak(decision.delay)
             self.stats.retried += 1
-            self._log(
-                env, delivery, f"failed, retry in {decision.delay:.1f}s", started, result.error
-            )
+            then = f", retrying in {decision.delay:.1f}s"
+            self._log(env, delivery, "failed", started, result.error, then=then)
         else:
             await self._dead_letter(delivery, env, decision, result.error, started, store=store)
 
@@ -460,19 +459,22 @@ class Worker:
         started: float,
         error: BaseException | None = None,
         level: int = logging.INFO,
+        then: str = "",
     ) -> None:
+        """One line per job outcome: task[id] what in N ms (attempt n), then: cause."""
         if not log.isEnabledFor(level):
             return
         took = (time.monotonic() - started) * 1000
         cause = f": {type(error).__name__}: {error}" if error is not None else ""
         log.log(
             level,
-            "%s[%s] %s in %.1fms (attempt %d)%s",
+            "%s[%s] %s in %.1fms (attempt %d)%s%s",
             env.task,
             env.id,
             what,
             took,
             delivery.attempt,
+            then,
             cause,
         )
 

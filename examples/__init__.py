@@ -1,0 +1,1 @@
+"""Runnable examples against the reference service in ``worker/``."""

@@ -1,0 +1,182 @@
+"""The README's commands and tour, the examples and the Procfile system, run for real."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jsqueue.server import NatsServer
+from jsqueue.testing import Process
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server of its own: the reference app uses the default prefix."""
+    with NatsServer(store_dir=tmp_path / "store") as server:
+        yield server
+
+
+def env_for(server: NatsServer) -> dict[str, str]:
+    return {**os.environ, "JSQUEUE_URL": server.url, "PYTHONPATH": str(ROOT)}
+
+
+def wait_for_output(proc: Process, pattern: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = proc.output()
+        if re.search(pattern, text):
+            return text
+        if proc.proc is not None and proc.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} in output:\n{proc.output()[-3000:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_readme_commands_are_what_ci_runs() -> None:
+    run = re.search(r"<!-- readme:run -->\n```bash\n(.+)\n```", README)
+    test = re.search(r"<!-- readme:test -->\n```bash\n(.+)\n```", README)
+    assert run
+    assert "honcho start" in run.group(1)
+    assert '.[server]"' in run.group(1)
+    assert test
+    assert "pytest" in test.group(1)
+    ci = subprocess.run(
+        ["awk", "/<!-- readme:test -->/ { getline; getline; print; exit }", "README.md"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ci.stdout.strip() == test.group(1)
+
+
+def test_readme_tour_runs(own_server: NatsServer) -> None:
+    blocks = re.findall(r"<!-- readme:tour -->\n```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 3
+    out = subprocess.run(
+        [sys.executable, "-c", "\n".join(blocks)],
+        env=env_for(own_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["5", "mailed ada@example.com"]
+    assert re.fullmatch(r"[0-9a-f]{28}", lines[2])
+
+
+def test_batch_example(own_server: NatsServer) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "examples.batch", "300"],
+        env=env_for(own_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "sum of results = 89700" in out.stdout  # 2 * sum(range(300))
+    assert "300 succeeded" in out.stdout
+
+
+def test_producer_and_embedded_consumer_examples(own_server: NatsServer, tmp_path: Path) -> None:
+    env = {"JSQUEUE_URL": own_server.url}
+    consumer = Process(
+        [sys.executable, "-m", "examples.consumer"],
+        env=env,
+        cwd=ROOT,
+        log_dir=tmp_path,
+        name="consumer",
+    )
+    producer = Process(
+        [sys.executable, "-m", "examples.producer", "--rounds", "3", "--interval", "0.1"],
+        env=env,
+        cwd=ROOT,
+        log_dir=tmp_path,
+        name="producer",
+    )
+    with consumer, producer:
+        assert producer.wait(60) == 0
+        assert consumer.stop() == 0
+    out = producer.output()
+    assert "round 1: add(1, 1) = 2" in out
+    assert "round 3: resize -> cat.png@300px" in out
+    assert "consumer done:" in consumer.output()
+
+
+def test_procfile_system_runs_end_to_end(tmp_path: Path) -> None:
+    port = free_port()
+    env_file = tmp_path / "test.env"
+    env_file.write_text(
+        f"JSQUEUE_URL=nats://127.0.0.1:{port}\nJSQUEUE_STORE_DIR={tmp_path / 'store'}\n"
+    )
+    honcho = Process(
+        [sys.executable, "-m", "honcho", "-e", str(env_file), "start"],
+        cwd=ROOT,
+        log_dir=tmp_path,
+        name="honcho",
+    )
+    with honcho:
+        text = wait_for_output(honcho, r"round 2: add\(2, 2\) = 4", 60)
+        honcho.signal(signal.SIGTERM)
+        honcho.wait(30)
+        text = honcho.output()
+    assert f"listening on nats://127.0.0.1:{port}" in text
+    assert re.search(r"worker\.app\.add\[\w+\] succeeded", text)
+    assert "worker" in text
+    assert "stopping gracefully" in text
+    assert "nats-server stopped" in text
+
+
+def test_server_command_starts_is_reused_and_stops(tmp_path: Path) -> None:
+    port = str(free_port())
+    first = Process.jsqueue(
+        "server", "--port", port, "--store-dir", str(tmp_path / "s"), log_dir=tmp_path, name="first"
+    )
+    second = Process.jsqueue("server", "--port", port, log_dir=tmp_path, name="second")
+    with first:
+        wait_for_output(first, "with JetStream listening on", 30)
+        with second:
+            wait_for_output(
+                second, "already answers at nats://127.0.0.1:" + port + "; using it", 30
+            )
+            assert second.stop() == 0
+        assert first.stop() == 0
+    assert "nats-server stopped" in first.output()
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", int(port)), timeout=1),
+    ):
+        pass
+
+
+def test_server_command_refuses_an_unsuitable_server(tmp_path: Path) -> None:
+    with NatsServer(jetstream=False) as plain:
+        out = subprocess.run(
+            [sys.executable, "-m", "jsqueue", "server", "--port", str(plain.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: NATS at")
+    assert "has no JetStream" in out.stderr
