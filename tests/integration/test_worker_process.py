@@ -245,3 +245,40 @@ def test_worker_cli_against_unreachable_server_is_one_line(tmp_path: Path) -> No
         .splitlines()[-1]
         .startswith("Error: cannot reach NATS at nats://127.0.0.1:1")
     )
+
+
+async def test_second_signal_exits_at_once(
+    faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
+) -> None:
+    slow = faulty.tasks["tests.apps.faulty.slow"]
+    async with faulty:
+        job = await slow.delay(30.0, str(tmp_path))
+        with worker_process(nats_server.url, jsq_prefix, tmp_path, "--grace", "60") as worker:
+            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            worker.signal(signal.SIGTERM)
+            await wait_for(lambda: "stopping gracefully" in worker.output(), 10, "the first signal")
+            worker.signal(signal.SIGINT)
+            started = time.monotonic()
+            assert await asyncio.to_thread(worker.wait, 10) == 128 + signal.SIGINT
+            assert time.monotonic() - started < 5
+        assert "again: exiting now" in worker.output()
+
+
+async def test_log_level_warning_silences_job_lines(
+    faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
+) -> None:
+    quick = faulty.tasks["tests.apps.faulty.quick"]
+    async with faulty:
+        await quick.delay(1)
+        with worker_process(
+            nats_server.url, jsq_prefix, tmp_path, "--burst", "--log-level", "WARNING"
+        ) as quiet:
+            assert await asyncio.to_thread(quiet.wait, 30) == 0
+        await quick.delay(2)
+        with worker_process(nats_server.url, jsq_prefix, tmp_path, "--burst") as loud:
+            assert await asyncio.to_thread(loud.wait, 30) == 0
+    assert "succeeded" not in quiet.output()
+    assert quiet.output().strip() == ""
+    [line] = [x for x in loud.output().splitlines() if "succeeded in" in x]
+    assert "tests.apps.faulty.quick[" in line
+    assert "(attempt 1)" in line
