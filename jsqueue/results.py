@@ -194,6 +194,11 @@ class ResultBackend:
         """How many ``get()`` calls are waiting (for tests of bounded memory)."""
         return sum(len(w) for w in self._waiters.values())
 
+    @property
+    def watching(self) -> bool:
+        """Whether the shared watch of the bucket is open."""
+        return self._unwatch is not None
+
     async def _ensure_watch(self) -> None:
         if self._unwatch is not None:
             return

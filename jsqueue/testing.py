@@ -28,6 +28,7 @@ import pytest
 
 from jsqueue.app import App
 from jsqueue.broker import Broker
+from jsqueue.results import AsyncResult, JobState
 from jsqueue.server import NatsServer
 from jsqueue.worker import Worker, WorkerStats
 
@@ -97,6 +98,15 @@ async def running_worker(app: App, **options: Any) -> AsyncIterator[Worker]:
 async def burst(app: App, **options: Any) -> WorkerStats:
     """Run a burst worker: process everything queued (retries included), then return."""
     return await Worker(app, burst=True, **options).run()
+
+
+async def wait_state(job: AsyncResult[Any], state: JobState, timeout: float = 10.0) -> None:
+    """Wait until ``job`` is in ``state`` (checked every 10 ms), or raise TimeoutError."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (current := await job.state()) is not state:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"job {job.id} is {current}, not {state}, after {timeout}s")
+        await asyncio.sleep(0.01)
 
 
 class Process:

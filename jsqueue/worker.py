@@ -351,7 +351,7 @@ class Worker:
                         task=env.task,
                         attempts=delivery.attempt,
                         worker=self.id,
-                        finished=time.time(),
+                        **_times(started),
                     )
                 except SerializeError as exc:
                     decision = dead(Reason.UNSERIALIZABLE_RESULT)
@@ -415,8 +415,8 @@ class Worker:
                 task=env.task,
                 attempts=delivery.attempt,
                 worker=self.id,
-                finished=time.time(),
                 reason=decision.reason.value,
+                **_times(started),
                 error=doc,
             )
             await self._results_or_raise().write_final(env.id, record)
@@ -517,6 +517,12 @@ class Worker:
             if idle and not self._tasks:
                 log.info("worker %s: queues are empty (burst mode)", self.id)
                 self.stop()
+
+
+def _times(started: float) -> dict[str, float]:
+    """Wall-clock start and finish of a job that started at monotonic time ``started``."""
+    now = time.time()
+    return {"started": now - (time.monotonic() - started), "finished": now}
 
 
 def _split(total: int, parts: int) -> list[int]:

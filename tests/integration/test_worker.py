@@ -12,7 +12,7 @@ from tenacity import retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from jsqueue import App, JobState, Reject, Retry, RetryPolicy, TaskFailed, current_job
 from jsqueue import dlq as dead_letters
-from jsqueue.testing import burst, running_worker
+from jsqueue.testing import burst, running_worker, wait_state
 
 
 async def dead(app: App) -> list[dead_letters.DeadLetter]:
@@ -103,10 +103,7 @@ async def test_retry_state_is_recorded_between_attempts(jsq_app: App) -> None:
 
     async with jsq_app, running_worker(jsq_app):
         job = await once_failing.delay()
-        for _ in range(100):
-            if await job.state() is JobState.RETRY:
-                break
-            await asyncio.sleep(0.02)
+        await wait_state(job, JobState.RETRY)
         info = await job.info()
         assert info["state"] == "RETRY"
         assert info["error"]["type"] == "ValueError"
