@@ -1,13 +1,14 @@
 """jsqueue: a Celery-style distributed task queue on NATS JetStream."""
 
 from jsqueue.app import App
-from jsqueue.canvas import Signature
+from jsqueue.canvas import GroupResult, Signature, chain, chord, group
 from jsqueue.context import JobContext, current_job
 from jsqueue.errors import (
     ArgumentsError,
     ConfigError,
     ConnectError,
     DecodeError,
+    GroupFailed,
     JsqueueError,
     NotRegistered,
     PayloadTooLarge,
@@ -32,6 +33,11 @@ __all__ = [
     "RetryPolicy",
     "Signature",
     "Task",
+    # canvas
+    "GroupResult",
+    "chain",
+    "chord",
+    "group",
     # inside a task
     "JobContext",
     "Reject",
@@ -47,6 +53,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "DecodeError",
+    "GroupFailed",
     "JsqueueError",
     "NotRegistered",
     "PayloadTooLarge",

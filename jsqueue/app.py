@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from typing_extensions import Unpack
 
 from jsqueue.broker import Broker
+from jsqueue.canvas import Signature
 from jsqueue.config import Serializer, Settings, SettingsKwargs
 from jsqueue.errors import ConfigError, NotRegistered
 from jsqueue.results import ResultBackend
@@ -152,6 +153,10 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def signature(self, task: str, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of a task by name, for tasks whose code this process does not have."""
+        return Signature(task, args, kwargs, app=self)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``; :class:`NotRegistered` if none."""

@@ -104,3 +104,17 @@ class ArgumentsError(JsqueueError, TypeError):
 
 class TimeLimitExceeded(JsqueueError):
     """A coroutine task ran past its ``time_limit`` and was cancelled."""
+
+
+class GroupFailed(JsqueueError):
+    """Members of a group failed; ``failures`` maps member index to its :class:`TaskFailed`."""
+
+    def __init__(self, failures: dict[int, TaskFailed], size: int) -> None:
+        named = "; ".join(
+            f"#{i} ({f.job_id}): {f.remote_type}: {f.remote_message}"
+            for i, f in sorted(failures.items())[:10]
+        )
+        more = f"; and {len(failures) - 10} more" if len(failures) > 10 else ""
+        super().__init__(f"{len(failures)} of {size} group members failed: {named}{more}")
+        self.failures = failures
+        self.size = size

@@ -5,6 +5,8 @@ Part of the broker layer (it talks to nats). Keys use ``.`` between parts, never
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +131,36 @@ class KvStore:
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return entries
+
+    async def count_keys(self, pattern: str) -> int:
+        """How many live keys match ``pattern``, answered by the server in one request.
+
+        A consumer that would deliver the last message per matching subject is created once
+        (idempotent, named after the pattern, removed after an hour unused); its pending count
+        is the number of distinct keys, however many times each was written.
+        """
+        name = "count_" + hashlib.sha1(pattern.encode()).hexdigest()[:24]
+        try:
+            info = await self._js.consumer_info(self.stream, name)
+        except nats.js.errors.NotFoundError:
+            info = await self._js.add_consumer(
+                self.stream,
+                js_api.ConsumerConfig(
+                    name=name,
+                    filter_subject=f"$KV.{self.bucket}.{pattern}",
+                    deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+                    ack_policy=js_api.AckPolicy.NONE,
+                    inactive_threshold=3600,
+                    mem_storage=True,
+                ),
+            )
+        return int(info.num_pending or 0)
+
+    async def forget_count(self, pattern: str) -> None:
+        """Remove the counting consumer of :meth:`count_keys` (it also expires by itself)."""
+        name = "count_" + hashlib.sha1(pattern.encode()).hexdigest()[:24]
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_consumer(self.stream, name)
 
     async def count(self) -> int:
         info = await self._js.stream_info(self.stream)

@@ -69,7 +69,7 @@ class Outcome:
             return self.record.get("result")
         error = self.record.get("error") or {}
         raise TaskFailed(
-            self.job_id,
+            str(self.record.get("failed_job", self.job_id)),
             str(error.get("type", self.state.value.title())),
             str(error.get("message", f"job is {self.state.value}")),
             str(error.get("traceback", "")),

@@ -208,11 +208,11 @@ class Task(Generic[P, R]):
 
         In a chain, the previous step's result is passed as the first argument.
         """
-        return Signature(self.name, args, kwargs, options={}, immutable=False)
+        return Signature(self.name, args, kwargs, options={}, immutable=False, app=self.app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: in a chain, the previous result is not passed to it."""
-        return Signature(self.name, args, kwargs, options={}, immutable=True)
+        return Signature(self.name, args, kwargs, options={}, immutable=True, app=self.app)
 
 
 def _require_loop(task: str, method: str) -> None:

@@ -28,6 +28,7 @@ from jsqueue.app import App
 from jsqueue.broker import Broker
 from jsqueue.config import check_queue
 from jsqueue.context import JobContext, reset_current, set_current
+from jsqueue.continuation import after_failure, after_success, has_followers
 from jsqueue.envelope import Envelope, decode, peek
 from jsqueue.errors import (
     ArgumentsError,
@@ -358,6 +359,8 @@ class Worker:
                     await self._dead_letter(delivery, env, decision, exc, started)
                     return
                 await self._results_or_raise().write_final(env.id, record)
+            if has_followers(env):
+                await after_success(self.app, env, result.value)
             await delivery.ack()
             self.stats.succeeded += 1
             self._log(env, delivery, "succeeded", started)
@@ -420,6 +423,8 @@ class Worker:
                 error=doc,
             )
             await self._results_or_raise().write_final(env.id, record)
+        if env is not None and has_followers(env):
+            await after_failure(self.app, env, doc)
         await delivery.term()
         if decision.reason in _TASK_FAILURES:
             self.stats.failed += 1

@@ -45,3 +45,15 @@ async def send_welcome_email(to: str) -> str:
     if random.random() < 0.3:
         raise ConnectionError(f"mail server did not answer (attempt {job.attempt})")
     return f"sent to {to}"
+
+
+@app.task
+async def mul(x: int, y: int) -> int:
+    """Multiply (a chain step)."""
+    return x * y
+
+
+@app.task
+async def tsum(values: list[int]) -> int:
+    """Sum a chord's results."""
+    return sum(values)

@@ -81,7 +81,8 @@ def test_readme_tour_runs(own_server: NatsServer) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[:2] == ["5", "mailed ada@example.com"]
-    assert re.fullmatch(r"[0-9a-f]{28}", lines[2])
+    assert lines[2] == "13 [0, 2, 4, 6, 8, 10, 12, 14, 16, 18] 90"
+    assert re.fullmatch(r"[0-9a-f]{28}", lines[3])
 
 
 def test_batch_example(own_server: NatsServer) -> None:
@@ -96,6 +97,21 @@ def test_batch_example(own_server: NatsServer) -> None:
     assert out.returncode == 0, out.stderr
     assert "sum of results = 89700" in out.stdout  # 2 * sum(range(300))
     assert "300 succeeded" in out.stdout
+
+
+def test_canvas_example(own_server: NatsServer) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "examples.canvas", "--burst"],
+        env=env_for(own_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "chain (1 + 2) * 10 + 5 = 35" in out.stdout
+    assert "group of squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in out.stdout
+    assert "chord sum of 2i for i < 100 = 9900" in out.stdout
 
 
 def test_producer_and_embedded_consumer_examples(own_server: NatsServer, tmp_path: Path) -> None:

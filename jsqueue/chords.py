@@ -1,0 +1,120 @@
+"""Chord bookkeeping in the ``<prefix>_chords`` KV bucket: a callback that runs exactly once.
+
+- ``<chord>.meta``: the size and the callback signature, written before any member is sent.
+- ``<chord>.m.<index>``: one key per member, written with ``create`` when the member succeeded;
+  a redelivered member finds its key there, so nothing is counted twice. The server counts the
+  keys (see :meth:`KvStore.count_keys`).
+- ``<chord>.claim``: created by the member that completes the set, recording which member it is;
+  that member publishes the callback under the chord's id, then marks the claim published, and
+  only then acks. A crash in between redelivers that same member, which finds its own claim and
+  publishes again (the same job id, deduplicated): never lost, never doubled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from jsqueue.envelope import Envelope, pickle_value, to_json, unpickle_value
+from jsqueue.kvstore import KeyExists, KvStore
+from jsqueue.producer import send
+from jsqueue.results import JobState, state_record
+
+if TYPE_CHECKING:
+    from jsqueue.app import App
+
+log = logging.getLogger("jsqueue.chords")
+
+
+async def _store(app: App) -> KvStore:
+    broker = await app.broker()
+    return await broker.kv("chords", ttl=app.settings.result_ttl)
+
+
+async def start_chord(app: App, chord_id: str, size: int, callback: dict[str, Any]) -> None:
+    """Record a chord before its members are sent."""
+    store = await _store(app)
+    meta = {"size": size, "callback": callback, "created": time.time()}
+    await store.put(f"{chord_id}.meta", json.dumps(meta).encode())
+
+
+async def member_succeeded(app: App, env: Envelope, value: Any) -> None:
+    """Record a member's result; if it completes the set, send the callback exactly once."""
+    assert env.chord is not None
+    chord_id, index, size = env.chord["id"], int(env.chord["index"]), int(env.chord["size"])
+    store = await _store(app)
+    key = f"{chord_id}.m.{index}"
+    if env.serializer == "cloudpickle":
+        doc: dict[str, Any] = pickle_value(value, app.settings.secret_key, bind=key, what=key)
+    else:
+        doc = {"r": value}
+    # A redelivery of this member finds its key there: its result is counted once.
+    with contextlib.suppress(KeyExists):
+        await store.create(key, to_json(doc, what=f"the result of chord member {index}"))
+    pattern = f"{chord_id}.m.*"
+    if await store.count_keys(pattern) < size:
+        return
+    claim_key = f"{chord_id}.claim"
+    claim = {"state": "claimed", "member": env.id, "at": time.time()}
+    try:
+        revision = await store.create(claim_key, json.dumps(claim).encode())
+    except KeyExists:
+        entry = await store.get(claim_key)
+        if entry is None:
+            return
+        current = json.loads(entry.value)
+        if current.get("state") != "claimed" or current.get("member") != env.id:
+            return  # published, failed, or another member's claim
+        revision = entry.revision  # our own earlier delivery claimed it and then died
+    await _send_callback(app, store, chord_id, size)
+    claim.update(state="published", published=time.time())
+    try:
+        await store.update(claim_key, json.dumps(claim).encode(), last=revision)
+    except KeyExists:
+        log.warning("claim of chord %s changed under us", chord_id)
+    await store.forget_count(pattern)
+
+
+async def _send_callback(app: App, store: KvStore, chord_id: str, size: int) -> None:
+    from jsqueue.canvas import Signature
+
+    meta_entry = await store.get(f"{chord_id}.meta")
+    if meta_entry is None:
+        raise RuntimeError(f"chord {chord_id} has no meta record (expired?)")
+    meta = json.loads(meta_entry.value)
+    results: list[Any] = [None] * size
+    for entry in await store.values(f"{chord_id}.m.*"):
+        index = int(entry.key.rsplit(".", 1)[1])
+        doc = json.loads(entry.value)
+        if "pickle" in doc:
+            results[index] = unpickle_value(doc, app.settings.secret_key, bind=entry.key, raw=b"")
+        else:
+            results[index] = doc["r"]
+    callback = Signature.from_dict(meta["callback"], app)
+    env = callback.envelope((results,), job_id=chord_id, parent_id=chord_id)
+    await send(await app.broker(), env)
+    log.info("chord %s complete (%d members): callback %s sent", chord_id, size, callback.task)
+
+
+async def member_failed(app: App, env: Envelope, error: dict[str, str]) -> None:
+    """A member failed for good: the chord fails and its callback never runs."""
+    assert env.chord is not None
+    chord_id, index = env.chord["id"], int(env.chord["index"])
+    store = await _store(app)
+    claim = {"state": "failed", "member": env.id, "at": time.time()}
+    try:
+        await store.create(f"{chord_id}.claim", json.dumps(claim).encode())
+    except KeyExists:
+        return  # already failed (or, impossibly, complete): nothing more to record
+    failure = {
+        "type": error.get("type", "Error"),
+        "message": f"chord member {index} ({env.id}) failed: {error.get('message', '')}",
+        "traceback": error.get("traceback", ""),
+    }
+    record = state_record(JobState.FAILURE, error=failure, failed_job=env.id, finished=time.time())
+    backend = await app.result_backend()
+    await backend.write_final(chord_id, record)
+    await store.forget_count(f"{chord_id}.m.*")

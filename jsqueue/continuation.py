@@ -1,0 +1,49 @@
+"""What a worker does after a job of a chain or chord settled: the next step, or the failure."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from jsqueue import chords
+from jsqueue.canvas import Signature
+from jsqueue.envelope import Envelope
+from jsqueue.producer import send
+from jsqueue.results import JobState, state_record
+
+if TYPE_CHECKING:
+    from jsqueue.app import App
+
+
+def has_followers(env: Envelope) -> bool:
+    return bool(env.link) or env.chord is not None
+
+
+async def after_success(app: App, env: Envelope, value: Any) -> None:
+    """Send the chain's next step with ``value`` in front; record a chord member."""
+    if env.link:
+        following = Signature.from_dict(env.link[0], app)
+        nxt = following.envelope(
+            (value,),
+            link=tuple(env.link[1:]),
+            parent_id=env.id,
+            root_id=env.root_id or env.id,
+        )
+        await send(await app.broker(), nxt)
+    if env.chord is not None:
+        await chords.member_succeeded(app, env, value)
+
+
+async def after_failure(app: App, env: Envelope, error: dict[str, str]) -> None:
+    """Stop the chain (its remaining steps fail with this error); fail the chord."""
+    if env.link:
+        backend = await app.result_backend()
+        record = state_record(
+            JobState.FAILURE, error=error, failed_job=env.id, finished=time.time()
+        )
+        for step in env.link:
+            step_id = step.get("options", {}).get("job_id")
+            if step_id:
+                await backend.write_final(str(step_id), record)
+    if env.chord is not None:
+        await chords.member_failed(app, env, error)

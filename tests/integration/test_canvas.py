@@ -1,0 +1,256 @@
+"""chain, group and chord on a real server; a chord under repeated SIGKILL of its workers."""
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jsqueue import App, GroupFailed, JobState, TaskFailed, chain, chord, group
+from jsqueue.server import NatsServer
+from jsqueue.testing import Process, burst, destroy, running_worker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def math_app(jsq_app: App) -> App:
+    @jsq_app.task(name="add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @jsq_app.task(name="mul")
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    @jsq_app.task(name="tsum")
+    async def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    @jsq_app.task(name="boom")
+    async def boom(x: int) -> int:
+        raise ValueError(f"cannot handle {x}")
+
+    return jsq_app
+
+
+def t(app: App, name: str):  # type: ignore[no-untyped-def]
+    return app.tasks[name]
+
+
+async def test_chain_passes_each_result_to_the_next_step(math_app: App) -> None:
+    add, mul = t(math_app, "add"), t(math_app, "mul")
+    async with math_app, running_worker(math_app):
+        handle = await chain(add.s(1, 2), mul.s(10), add.s(5)).delay()
+        assert await handle.get(timeout=10) == 35  # (1 + 2) * 10 + 5
+        immutable = await chain(add.s(1, 1), add.si(100, 1)).delay()
+        assert await immutable.get(timeout=10) == 101
+        with_args = await chain(add.s(1), mul.s(3)).delay(4)
+        assert await with_args.get(timeout=10) == 15
+
+
+async def test_a_failing_step_stops_the_chain_with_its_error(math_app: App) -> None:
+    add, boom = t(math_app, "add"), t(math_app, "boom")
+    ran_after = []
+
+    @math_app.task(name="after")
+    async def after(x: int) -> None:
+        ran_after.append(x)
+
+    async with math_app, running_worker(math_app):
+        first = add.s(1, 2).set(job_id="chain-step-1")
+        failing = boom.s().set(job_id="chain-step-2")
+        handle = await chain(first, failing, after.s()).delay()
+        with pytest.raises(TaskFailed) as info:
+            await handle.get(timeout=10)
+        assert await handle.state() is JobState.FAILURE
+    assert info.value.job_id == "chain-step-2"
+    assert (info.value.remote_type, info.value.remote_message) == ("ValueError", "cannot handle 3")
+    assert ran_after == []
+
+
+async def test_group_returns_results_in_order(math_app: App) -> None:
+    add = t(math_app, "add")
+    async with math_app, running_worker(math_app, concurrency=16):
+        handle = await group(add.s(i, i) for i in range(100)).delay()
+        assert await handle.get(timeout=20) == [2 * i for i in range(100)]
+        assert len(set(handle.ids)) == 100
+
+
+async def test_group_failure_names_the_failed_members_after_all_finished(math_app: App) -> None:
+    add, boom = t(math_app, "add"), t(math_app, "boom")
+    async with math_app, running_worker(math_app):
+        members = [add.s(1, 1), boom.s(7), add.s(2, 2), boom.s(9)]
+        handle = await group(members).delay()
+        with pytest.raises(GroupFailed) as info:
+            await handle.get(timeout=10)
+        assert await handle.results[2].get(timeout=1) == 4  # the others finished
+    failed = info.value
+    assert sorted(failed.failures) == [1, 3]
+    assert "2 of 4 group members failed" in str(failed)
+    assert f"#1 ({handle.ids[1]}): ValueError: cannot handle 7" in str(failed)
+
+
+async def test_chord_callback_runs_once_with_results_in_order(math_app: App) -> None:
+    add = t(math_app, "add")
+    calls: list[list[int]] = []
+
+    @math_app.task(name="collect")
+    async def collect(values: list[int]) -> int:
+        calls.append(values)
+        return sum(values)
+
+    async with math_app, running_worker(math_app, concurrency=16):
+        handle = await chord(group(add.s(i, i) for i in range(50)), collect.s()).delay()
+        assert await handle.get(timeout=20) == sum(2 * i for i in range(50))
+    assert calls == [[2 * i for i in range(50)]]
+
+
+async def test_a_failing_member_fails_the_chord_and_the_callback_never_runs(math_app: App) -> None:
+    add, boom = t(math_app, "add"), t(math_app, "boom")
+    calls = []
+
+    @math_app.task(name="never")
+    async def never(values: list[int]) -> None:
+        calls.append(values)
+
+    async with math_app, running_worker(math_app):
+        handle = await chord([add.s(1, 1), boom.s(5), add.s(2, 2)], never.s()).delay()
+        with pytest.raises(TaskFailed) as info:
+            await handle.get(timeout=10)
+    assert info.value.remote_type == "ValueError"
+    assert "chord member 1" in info.value.remote_message
+    assert "cannot handle 5" in info.value.remote_message
+    assert calls == []
+
+
+async def test_signature_options_route_and_delay(math_app: App) -> None:
+    add = t(math_app, "add")
+    async with math_app:
+        routed = await add.s(1, 1).set(queue="other").delay()
+        started = time.monotonic()
+        delayed = await add.s(2, 2).set(countdown=0.6).delay()
+        async with running_worker(math_app, queues=["other", "default"]):
+            assert await routed.get(timeout=10) == 2
+            assert await delayed.get(timeout=10) == 4
+            assert time.monotonic() - started >= 0.55
+        info = await delayed.info()
+    assert info["started"] - info["finished"] <= 0
+
+
+async def test_large_group_enqueues_pipelined(math_app: App) -> None:
+    add = t(math_app, "add")
+    async with math_app:
+        started = time.monotonic()
+        handle = await group(add.s(i, 1) for i in range(2000)).delay()
+        enqueued = time.monotonic() - started
+        async with running_worker(math_app, concurrency=64):
+            results = await handle.get(timeout=60)
+    assert results == [i + 1 for i in range(2000)]
+    print(f"2000-member group enqueued in {enqueued:.2f}s")
+
+
+@pytest.fixture
+async def canvas_app(
+    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[App]:
+    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
+    import importlib
+
+    import tests.apps.canvasapp as module
+
+    app = importlib.reload(module).app
+    app.configure(url=nats_server.url)
+    try:
+        yield app
+    finally:
+        await destroy(app)
+
+
+@pytest.mark.slow
+async def test_chord_survives_repeated_sigkill_of_its_workers(
+    canvas_app: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
+) -> None:
+    square, total = (
+        canvas_app.tasks["tests.apps.canvasapp.square"],
+        canvas_app.tasks["tests.apps.canvasapp.total"],
+    )
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def worker() -> Process:
+        return Process.jsqueue(
+            "worker",
+            "-A",
+            "tests.apps.canvasapp:app",
+            "--url",
+            nats_server.url,
+            "-c",
+            "8",
+            env={"JSQ_TEST_PREFIX": jsq_prefix},
+            cwd=ROOT,
+            log_dir=tmp_path,
+            name="worker",
+        ).start()
+
+    rng = random.Random(7)
+    kills = 0
+    async with canvas_app:
+        handle = await chord(group(square.s(i) for i in range(200)), total.s(str(marks))).delay()
+        workers = [worker(), worker()]
+        try:
+            deadline = time.monotonic() + 90
+            while not await handle.ready():
+                assert time.monotonic() < deadline, "chord did not complete"
+                await asyncio.sleep(rng.uniform(0.1, 0.4))  # a random moment to kill at
+                victim = rng.randrange(len(workers))
+                workers[victim].kill()
+                kills += 1
+                workers[victim] = worker()
+            assert await handle.get(timeout=5) == sum(i * i for i in range(200))
+            for w in workers:
+                w.stop()
+            await burst(canvas_app)  # let every redelivery play out, then look for a 2nd callback
+        finally:
+            for w in workers:
+                w.kill()
+    lines = (marks / "callback.log").read_text().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].split()[1] == str(sum(i * i for i in range(200)))
+    assert kills >= 3
+    print(f"chord of 200 completed with exactly one callback across {kills} SIGKILLs")
+
+
+async def test_a_claim_left_by_a_crash_is_completed_by_the_same_member_once(math_app: App) -> None:
+    """The crash window: the last member claimed the callback, then died before publishing."""
+    from jsqueue import chords
+    from jsqueue.envelope import Envelope
+
+    calls = []
+
+    @math_app.task(name="cb")
+    async def cb(values: list[int]) -> int:
+        calls.append(values)
+        return sum(values)
+
+    async with math_app:
+        await chords.start_chord(math_app, "crashy", 2, cb.s().to_dict())
+        store = await (await math_app.broker()).kv("chords", ttl=60)
+        first = Envelope(id="m0", task="add", chord={"id": "crashy", "index": 0, "size": 2})
+        last = Envelope(id="m1", task="add", chord={"id": "crashy", "index": 1, "size": 2})
+        await chords.member_succeeded(math_app, first, 10)
+        # member m1 recorded its result and its claim, then its worker died
+        await store.create("crashy.m.1", b'{"r": 20}')
+        await store.create("crashy.claim", b'{"state": "claimed", "member": "m1", "at": 0}')
+        await chords.member_succeeded(math_app, first, 10)  # a redelivered other member: no
+        await burst(math_app)
+        assert calls == []
+        await chords.member_succeeded(math_app, last, 20)  # m1 redelivered: it publishes
+        await chords.member_succeeded(math_app, last, 20)  # again: the claim says published
+        await burst(math_app)
+        claim = await store.get("crashy.claim")
+    assert calls == [[10, 20]]
+    assert claim is not None
+    assert b'"published"' in claim.value
