@@ -52,6 +52,7 @@ class StoredMessage:
     subject: str
     data: bytes
     headers: dict[str, str]
+    time: float = 0.0  # when the server stored it (Unix seconds)
 
 
 @dataclass(frozen=True)
@@ -489,6 +490,11 @@ class Broker:
             return None
         return info
 
+    async def consumers(self) -> list[js_api.ConsumerInfo]:
+        """Every consumer of the jobs stream."""
+        infos: list[js_api.ConsumerInfo] = await self.js.consumers_info(self.settings.jobs_stream)
+        return infos
+
     async def get_message(
         self, stream: str, seq: int, subject: str | None = None, next_: bool = False
     ) -> StoredMessage | None:
@@ -511,6 +517,14 @@ class Broker:
         return StoredMessage(
             msg.seq or 0, msg.subject or "", msg.data or b"", dict(msg.headers or {})
         )
+
+    async def oldest_ready(self, queue: str) -> float | None:
+        """When the oldest job of ``queue`` not yet delivered to a worker was stored."""
+        info = await self.consumer_info(queue)
+        start = (info.delivered.stream_seq + 1) if info and info.delivered else 1
+        subject = self.settings.queue_subject(queue)
+        msg = await self.get_message(self.settings.jobs_stream, start, subject=subject, next_=True)
+        return None if msg is None else msg.time
 
     async def messages(self, stream: str, subject: str, start_seq: int = 1) -> list[StoredMessage]:
         """Every message on ``subject`` from ``start_seq``, without consuming them."""
@@ -577,6 +591,16 @@ def _differences(
     if set(want.subjects or ()) != set(have.subjects or ()):
         diffs.append(("subjects", have.subjects, want.subjects))
     return diffs
+
+
+def _stored(msg: js_api.RawStreamMsg) -> StoredMessage:
+    return StoredMessage(
+        msg.seq or 0,
+        msg.subject or "",
+        msg.data or b"",
+        dict(msg.headers or {}),
+        msg.time.timestamp() if msg.time else 0.0,
+    )
 
 
 def _is_auth_error(exc: BaseException) -> bool:

@@ -232,6 +232,41 @@ def server(url: str, port: int | None, store_dir: str, log_level: str) -> None:
     _run(serve(url, port, store_dir))
 
 
+# -- status -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@app_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(app_spec: str | None, url: str | None, log_level: str, as_json: bool) -> None:
+    """Per queue: jobs ready, unacked (running or waiting to retry), scheduled, dead-lettered."""
+    from jsqueue.status import queue_status
+
+    _setup_logging(log_level)
+    app = _app_from(app_spec, url)
+
+    async def main() -> list[Any]:
+        async with app:
+            return await queue_status(app)
+
+    queues = _run(main())
+    if as_json:
+        click.echo(json.dumps({"queues": [q.to_dict() for q in queues]}, indent=2))
+        return
+    rows = [
+        (
+            q.queue,
+            str(q.ready),
+            str(q.unacked),
+            str(q.scheduled),
+            str(q.dead),
+            "-" if q.oldest_ready_age is None else f"{q.oldest_ready_age:.1f}s",
+        )
+        for q in queues
+    ]
+    _table(("QUEUE", "READY", "UNACKED", "SCHEDULED", "DEAD", "OLDEST READY"), rows)
+
+
 # -- dead letters -------------------------------------------------------------------------------
 
 

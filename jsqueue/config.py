@@ -169,8 +169,10 @@ class Settings:
     def queue_subjects(self) -> str:
         return f"{self.prefix}.q.>"
 
-    def schedule_subject(self, job_id: str) -> str:
-        return f"{self.prefix}.sched.{job_id}"
+    def schedule_subject(self, queue: str, job_id: str) -> str:
+        """Where a delayed job waits: per queue (so status can count it) and per job (so revoke
+        can purge exactly it)."""
+        return f"{self.prefix}.sched.{queue}.{job_id}"
 
     @property
     def schedule_subjects(self) -> str:

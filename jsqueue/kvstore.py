@@ -167,12 +167,15 @@ class KvStore:
         return int(info.state.messages)
 
     async def watch_new(
-        self, callback: Callable[[str, bytes | None, int], Awaitable[None]]
+        self,
+        callback: Callable[[str, bytes | None, int], Awaitable[None]],
+        *,
+        replay: bool = False,
     ) -> Callable[[], Awaitable[None]]:
-        """Call ``callback(key, value or None if deleted, revision)`` for every write from now.
+        """Call ``callback(key, value or None if deleted, revision)`` for every write from now
+        (with ``replay``, first for the current value of every key).
 
-        An ordered consumer starting at new messages: it does not replay the bucket, resumes
-        across reconnects, and costs one subscription however many keys are awaited.
+        One ordered consumer, however many keys are awaited; it resumes across reconnects.
         """
         prefix = f"$KV.{self.bucket}."
 
@@ -186,7 +189,9 @@ class KvStore:
             stream=self.stream,
             cb=on_msg,
             ordered_consumer=True,
-            deliver_policy=js_api.DeliverPolicy.NEW,
+            deliver_policy=(
+                js_api.DeliverPolicy.LAST_PER_SUBJECT if replay else js_api.DeliverPolicy.NEW
+            ),
             inactive_threshold=300,
         )
         return sub.unsubscribe

@@ -1,9 +1,9 @@
 """From call options to a published job: envelope, subject, headers, publish.
 
 A job whose ``eta`` lies in the future is published as a server-side message schedule on
-``<prefix>.sched.<job id>`` that fires into its queue subject at that time: it waits on the server,
-never in a worker's memory. The job id is sent as ``Nats-Msg-Id``, so publishing it twice within
-the duplicate window stores it once.
+``<prefix>.sched.<queue>.<job id>`` that fires into its queue subject at that time: it waits on
+the server, never in a worker's memory. The job id is sent as ``Nats-Msg-Id``, so publishing it
+twice within the duplicate window stores it once.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def wire_form(settings: Settings, env: Envelope) -> tuple[str, bytes, dict[str, 
     if env.eta is not None and env.eta - time.time() > SCHEDULE_MIN_DELAY:
         headers[SCHEDULE] = f"@at {rfc3339(env.eta)}"
         headers[SCHEDULE_TARGET] = settings.queue_subject(env.queue)
-        return settings.schedule_subject(env.id), payload, headers
+        return settings.schedule_subject(env.queue, env.id), payload, headers
     return settings.queue_subject(env.queue), payload, headers
 
 

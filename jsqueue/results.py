@@ -292,3 +292,17 @@ class AsyncResult(Generic[R]):
     async def forget(self) -> None:
         """Remove the job's record."""
         await (await self.app.result_backend()).forget(self.id)
+
+    async def revoke(self) -> bool:
+        """Make sure a queued or delayed job never runs; its state becomes REVOKED.
+
+        Returns False, changing nothing, if the job had already finished. A job already
+        running is not interrupted (its outcome is then not recorded: REVOKED stays).
+        """
+        from jsqueue.revoke import revoke
+
+        return await revoke(self.app, self.id)
+
+    def revoke_sync(self) -> bool:
+        """:meth:`revoke` for code without an event loop."""
+        return self.app.run_sync(self.revoke())

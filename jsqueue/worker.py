@@ -40,6 +40,7 @@ from jsqueue.errors import (
 from jsqueue.outcome import ACK, Action, Decision, Reason, dead, decide, unknown_task
 from jsqueue.puller import Delivery, Puller
 from jsqueue.results import JobState, ResultBackend, state_record, success_record
+from jsqueue.revoke import RevokedSet
 from jsqueue.task import Task
 
 log = logging.getLogger("jsqueue.worker")
@@ -115,6 +116,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="jsqueue-task")
         self._broker: Broker | None = None
         self._results: ResultBackend | None = None
+        self._revoked = RevokedSet()
         self.started = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -132,6 +134,7 @@ class Worker:
         await self.app.connect(wait=wait_for_server)
         self._broker = broker = await self.app.broker()
         self._results = await self.app.result_backend()
+        await self._revoked.start(self.app)
         shares = _split(self.concurrency, len(self.queues))
         for queue, share in zip(self.queues, shares, strict=True):
             consumer = await broker.ensure_consumer(queue)
@@ -261,6 +264,9 @@ class Worker:
                 f"{settings.max_deliver}): the job kills or hangs its worker"
             )
             await self._dead_letter(delivery, env, dead(Reason.CRASH_LOOP), crash, started)
+            return
+        if env.id in self._revoked:
+            await self._skip(delivery, env, JobState.REVOKED, "revoked")
             return
         if env.expires is not None and time.time() > env.expires:
             await self._skip(delivery, env, JobState.EXPIRED, "expired before it could run")

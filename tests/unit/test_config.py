@@ -44,7 +44,7 @@ def test_wire_names_derive_from_the_prefix() -> None:
     s = Settings.create("demo", prefix="acme")
     assert s.jobs_stream == "ACME_JOBS"
     assert s.queue_subject("emails") == "acme.q.emails"
-    assert s.schedule_subject("j1") == "acme.sched.j1"
+    assert s.schedule_subject("emails", "j1") == "acme.sched.emails.j1"
     assert s.consumer_name("emails") == "acme_emails"
     assert s.dlq_subject("emails") == "acme.dlq.emails"
     assert s.bucket("results") == "acme_results"

@@ -1,0 +1,63 @@
+"""Revoking jobs: a queued or delayed job that must never run.
+
+``await job.revoke()`` records REVOKED as the job's final state (unless it already has an
+outcome, which stays), adds its id to the ``<prefix>_revoked`` bucket that every worker watches,
+and purges a not-yet-fired schedule so a delayed job never fires at all. A worker that receives a
+revoked job acks it without running it. A job already running is not interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from jsqueue.results import JobState, state_record
+
+if TYPE_CHECKING:
+    from jsqueue.app import App
+    from jsqueue.kvstore import KvStore
+
+log = logging.getLogger("jsqueue.revoke")
+
+
+async def _bucket(app: App) -> KvStore:
+    broker = await app.broker()
+    return await broker.kv("revoked", ttl=app.settings.result_ttl)
+
+
+async def revoke(app: App, job_id: str) -> bool:
+    """Revoke ``job_id``; False (and nothing changed) if it had already finished."""
+    backend = await app.result_backend()
+    record = state_record(JobState.REVOKED, revoked_at=time.time())
+    existing = await backend.write_final(job_id, record)
+    if existing is not None and existing.state is not JobState.REVOKED:
+        log.info("job %s already finished (%s); revoke changes nothing", job_id, existing.state)
+        return False
+    await (await _bucket(app)).put(job_id, str(time.time()).encode())
+    broker = await app.broker()
+    s = app.settings
+    await broker.purge_stream(s.jobs_stream, s.schedule_subject("*", job_id))
+    return True
+
+
+class RevokedSet:
+    """The ids of revoked jobs, kept current by a watch of the revoked bucket (for workers)."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self._unwatch: object = None
+
+    async def start(self, app: App) -> None:
+        store = await _bucket(app)
+
+        async def on_update(key: str, value: bytes | None, revision: int) -> None:
+            if value is None:
+                self.ids.discard(key)
+            else:
+                self.ids.add(key)
+
+        self._unwatch = await store.watch_new(on_update, replay=True)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self.ids
