@@ -223,9 +223,7 @@ async def test_fifty_thousand_scheduled_jobs_leave_worker_memory_flat(
         assert default["ready"] == 0
         assert after - before < 5 * 1024 * 1024
         mb = 2**20
-        print(
-            f"worker RSS, 50,000 jobs scheduled: {before / mb:.1f} MB before, {after / mb:.1f} after"
-        )
+        print(f"worker RSS, 50,000 scheduled: {before / mb:.1f} MB before, {after / mb:.1f} after")
     finally:
         os.environ.pop("JSQ_TEST_PREFIX", None)
         server.cleanup()
