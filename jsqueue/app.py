@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import re
 import sys
 import weakref
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -25,9 +27,11 @@ from jsqueue.config import Serializer, Settings, SettingsKwargs
 from jsqueue.errors import ConfigError, NotRegistered
 from jsqueue.results import ResultBackend
 from jsqueue.retry import RetryPolicy
+from jsqueue.schedule import Cron, Every, Schedule
 from jsqueue.syncbridge import LoopThread
 from jsqueue.task import Task, TaskOptions
 
+_ENTRY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -40,6 +44,16 @@ class TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@dataclass(frozen=True)
+class PeriodicEntry:
+    """A job ``jsqueue beat`` sends on a schedule."""
+
+    name: str
+    signature: Signature
+    schedule: Schedule
+    catch_up: str = "latest"
 
 
 @dataclass
@@ -72,6 +86,7 @@ class App:
             raise ConfigError("default_retry must be a jsqueue.RetryPolicy")
         self.default_retry = default_retry
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.periodic: dict[str, PeriodicEntry] = {}
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -152,6 +167,67 @@ class App:
 
         if fn is not None:
             return register(fn)
+        return register
+
+    def add_periodic(
+        self,
+        signature: Signature,
+        *,
+        name: str,
+        every: timedelta | float | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+    ) -> PeriodicEntry:
+        """Send ``signature`` on a schedule (run ``jsqueue beat``): ``every`` (a timedelta or
+        seconds, anchored to the Unix epoch) or ``cron`` (in ``tz``).
+
+        After downtime, ``catch_up="latest"`` sends the newest missed tick once and skips the
+        rest; ``"skip"`` sends none. Ticks missed by a leader change are always sent.
+        """
+        if not _ENTRY_RE.match(name):
+            raise ConfigError(f"periodic name {name!r}: use 1-64 letters, digits, '_' or '-'")
+        if name in self.periodic:
+            raise ConfigError(f"a periodic entry named {name!r} already exists on {self.name}")
+        if (every is None) == (cron is None):
+            raise ConfigError(f"periodic {name!r}: give every= or cron=, exactly one")
+        if catch_up not in ("latest", "skip"):
+            raise ConfigError(f"periodic {name!r}: catch_up must be 'latest' or 'skip'")
+        schedule: Schedule
+        if every is not None:
+            seconds = every.total_seconds() if isinstance(every, timedelta) else float(every)
+            if seconds != int(seconds):
+                raise ConfigError(f"periodic {name!r}: every= must be whole seconds")
+            schedule = Every(int(seconds))
+        else:
+            assert cron is not None
+            schedule = Cron(cron, tz)
+        if signature.app is None:
+            signature = replace(signature, app=self)
+        entry = PeriodicEntry(name, signature, schedule, catch_up)
+        self.periodic[name] = entry
+        return entry
+
+    def periodic_task(
+        self,
+        *,
+        name: str | None = None,
+        every: timedelta | float | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+        **task_options: Any,
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Decorator: register a task taking no arguments and send it on a schedule."""
+
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
+            task: Task[Any, Any] = self.task(fn, **task_options) if task_options else self.task(fn)
+            entry_name = name or fn.__name__.replace(".", "-")
+            self.add_periodic(
+                task.s(), name=entry_name, every=every, cron=cron, tz=tz, catch_up=catch_up
+            )
+            return task
+
         return register
 
     def signature(self, task: str, *args: Any, **kwargs: Any) -> Signature:

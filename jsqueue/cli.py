@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -197,6 +198,75 @@ def _exit_despite_threads() -> None:
         )
         logging.shutdown()
         os._exit(0)
+
+
+# -- beat ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@app_options
+@click.option(
+    "--list", "list_only", is_flag=True, help="Print the entries and their next fire time."
+)
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a dead leader holds the lease before a standby beat takes over.",
+)
+@click.option(
+    "--wait-for-server",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for an unreachable NATS server at start.",
+)
+def beat(
+    app_spec: str | None,
+    url: str | None,
+    log_level: str,
+    list_only: bool,
+    lease_ttl: float,
+    wait_for_server: float,
+) -> None:
+    """Send periodic jobs. Safe to run several: one leads, the others stand by, and every tick
+    is sent exactly once."""
+    from jsqueue.beat import Beat
+
+    _setup_logging(log_level)
+    app = _app_from(app_spec, url)
+    if list_only:
+        _list_periodic(app)
+        return
+    runner = Beat(app, lease_ttl=lease_ttl)
+
+    async def main() -> None:
+        _install_stop_signals(runner.stop, "beat")
+        await runner.run(wait_for_server=wait_for_server)
+        await app.close()
+
+    _run(main())
+
+
+def _list_periodic(app: App) -> None:
+    now = time.time()
+    rows = []
+    for entry in app.periodic.values():
+        nxt = datetime.fromtimestamp(entry.schedule.next_after(now), entry.schedule.zone)
+        rows.append(
+            (
+                entry.name,
+                entry.signature.task,
+                entry.schedule.describe(),
+                nxt.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                entry.catch_up,
+            )
+        )
+    if not rows:
+        click.echo(f"app {app.name} has no periodic entries")
+        return
+    _table(("NAME", "TASK", "SCHEDULE", "NEXT", "CATCH-UP"), rows)
 
 
 # -- server -------------------------------------------------------------------------------------

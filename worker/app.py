@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from datetime import timedelta
 
 from tenacity import retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -57,3 +58,11 @@ async def mul(x: int, y: int) -> int:
 async def tsum(values: list[int]) -> int:
     """Sum a chord's results."""
     return sum(values)
+
+
+@app.periodic_task(every=timedelta(seconds=10), name="report")
+async def report() -> str:
+    """A periodic job: `jsqueue beat` sends it every 10 s, exactly once however many beats run."""
+    job = current_job()
+    log.info("periodic report %s", job.id)
+    return job.id

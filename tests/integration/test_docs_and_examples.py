@@ -153,7 +153,8 @@ def test_procfile_system_runs_end_to_end(tmp_path: Path) -> None:
         name="honcho",
     )
     with honcho:
-        text = wait_for_output(honcho, r"round 2: add\(2, 2\) = 4", 60)
+        wait_for_output(honcho, r"round 2: add\(2, 2\) = 4", 60)
+        wait_for_output(honcho, r"worker\.app\.report\[beat\.report\.\d+\] succeeded", 30)
         honcho.signal(signal.SIGTERM)
         honcho.wait(30)
         text = honcho.output()
@@ -162,6 +163,7 @@ def test_procfile_system_runs_end_to_end(tmp_path: Path) -> None:
     assert "worker" in text
     assert "stopping gracefully" in text
     assert "nats-server stopped" in text
+    assert re.search(r"beat \S+ is the leader", text)
 
 
 def test_server_command_starts_is_reused_and_stops(tmp_path: Path) -> None:
