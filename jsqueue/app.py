@@ -25,6 +25,7 @@ from jsqueue.broker import Broker
 from jsqueue.canvas import Signature
 from jsqueue.config import Serializer, Settings, SettingsKwargs
 from jsqueue.errors import ConfigError, NotRegistered
+from jsqueue.hooks import Hooks
 from jsqueue.results import ResultBackend
 from jsqueue.retry import RetryPolicy
 from jsqueue.schedule import Cron, Every, Schedule
@@ -87,6 +88,7 @@ class App:
         self.default_retry = default_retry
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.periodic: dict[str, PeriodicEntry] = {}
+        self.hooks: list[Hooks] = []
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -229,6 +231,10 @@ class App:
             return task
 
         return register
+
+    def add_hook(self, hook: Hooks) -> None:
+        """Observe job events (see :class:`jsqueue.hooks.Hooks`) in this app's workers."""
+        self.hooks.append(hook)
 
     def signature(self, task: str, *args: Any, **kwargs: Any) -> Signature:
         """A signature of a task by name, for tasks whose code this process does not have."""

@@ -504,9 +504,7 @@ class Broker:
             msg = await self.js.get_msg(stream, seq, subject=subject, next=next_)
         except nats.js.errors.NotFoundError:
             return None
-        return StoredMessage(
-            msg.seq or 0, msg.subject or "", msg.data or b"", dict(msg.headers or {})
-        )
+        return _stored(msg)
 
     async def last_message(self, stream: str, subject: str) -> StoredMessage | None:
         """The last message on ``subject``, or None."""
@@ -514,9 +512,7 @@ class Broker:
             msg = await self.js.get_last_msg(stream, subject)
         except nats.js.errors.NotFoundError:
             return None
-        return StoredMessage(
-            msg.seq or 0, msg.subject or "", msg.data or b"", dict(msg.headers or {})
-        )
+        return _stored(msg)
 
     async def oldest_ready(self, queue: str) -> float | None:
         """When the oldest job of ``queue`` not yet delivered to a worker was stored."""
@@ -541,6 +537,12 @@ class Broker:
             return await self.js.delete_msg(stream, seq)
         except nats.js.errors.NotFoundError:
             return False
+
+    async def purge_subject(self, stream: str, subject: str) -> int:
+        """Remove every message on ``subject`` (wildcards allowed); return how many."""
+        removed = sum((await self.stream_subject_counts(stream, subject)).values())
+        await self.js.purge_stream(stream, subject=subject)
+        return removed
 
     async def purge_stream(self, stream: str, subject: str | None = None) -> None:
         """Remove every message of ``stream`` (on ``subject`` if given)."""

@@ -187,9 +187,7 @@ async def purge(broker: Broker, queue: str | None = None) -> int:
     """Remove dead letters (of one queue, or all); return how many."""
     s = broker.settings
     subject = s.dlq_subject(queue) if queue else s.dlq_subjects
-    counts = await broker.stream_subject_counts(s.dlq_stream, subject)
-    await broker.purge_stream(s.dlq_stream, subject)
-    return sum(counts.values())
+    return await broker.purge_subject(s.dlq_stream, subject)
 
 
 async def count(broker: Broker) -> dict[str, int]:

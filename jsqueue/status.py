@@ -1,34 +1,72 @@
-"""What the system holds, per queue, in the words of a task queue: ready, running, scheduled,
-dead-lettered. ``jsqueue status`` prints it."""
+"""What the system holds and does, in the words of a task queue: queues, jobs, workers.
+
+``jsqueue status``, ``jsqueue inspect`` and ``jsqueue purge`` print what these functions return.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from jsqueue import dlq
+from jsqueue.envelope import decode, peek
+from jsqueue.errors import DecodeError, JsqueueError
+from jsqueue.registry import REGISTRY_TTL, WorkerRegistry
+
 if TYPE_CHECKING:
     from jsqueue.app import App
+    from jsqueue.broker import Broker
+
+#: How many ready jobs ``inspect job`` reads through to find one by id.
+READY_SCAN_LIMIT = 10_000
 
 
 @dataclass
 class QueueStatus:
-    """One queue. ``unacked`` counts jobs delivered to workers and not yet settled: running,
-    or waiting out a retry delay."""
+    """One queue. ``unacked`` = ``running`` (on a worker now) + ``retrying`` (waiting out a
+    retry delay)."""
 
     queue: str
     ready: int = 0
+    running: int = 0
+    retrying: int = 0
     unacked: int = 0
     scheduled: int = 0
     dead: int = 0
+    workers: int = 0
     oldest_ready_age: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-async def queue_status(app: App) -> list[QueueStatus]:
-    """Every queue that has jobs, delayed jobs, dead letters or a consumer."""
+@dataclass
+class ServerStatus:
+    """The NATS side. Cluster size and fsync policy need the server's monitoring URL."""
+
+    url: str
+    version: str
+    replicas: int
+    cluster_size: int | None = None
+    sync: str = "unknown"
+    warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def workers(app: App) -> list[dict[str, Any]]:
+    """The registry record of every live worker."""
+    broker = await app.broker()
+    return await WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL)).workers()
+
+
+async def queue_status(app: App, live: list[dict[str, Any]] | None = None) -> list[QueueStatus]:
+    """Every queue that has jobs, delayed jobs, dead letters, a consumer or a worker."""
     broker = await app.broker()
     s = app.settings
     queues: dict[str, QueueStatus] = {}
@@ -36,8 +74,9 @@ async def queue_status(app: App) -> list[QueueStatus]:
     def of(name: str) -> QueueStatus:
         return queues.setdefault(name, QueueStatus(name))
 
-    stored = await broker.stream_subject_counts(s.jobs_stream, f"{s.prefix}.>")
-    for subject, count in stored.items():
+    for subject, count in (
+        await broker.stream_subject_counts(s.jobs_stream, f"{s.prefix}.>")
+    ).items():
         parts = subject.split(".")
         if parts[1] == "q":
             of(parts[2]).ready += count
@@ -45,17 +84,140 @@ async def queue_status(app: App) -> list[QueueStatus]:
             of(parts[2]).scheduled += count
     for info in await broker.consumers():
         name = info.config.filter_subject or ""
-        if not name.startswith(f"{s.prefix}.q."):
-            continue
-        queue = of(name.split(".", 2)[2])
-        queue.unacked = int(info.num_ack_pending or 0)
-        queue.ready = int(info.num_pending or 0)  # stored minus delivered
-    dead = await broker.stream_subject_counts(s.dlq_stream, s.dlq_subjects)
-    for subject, count in dead.items():
+        if name.startswith(f"{s.prefix}.q."):
+            queue = of(name.split(".", 2)[2])
+            queue.unacked = int(info.num_ack_pending or 0)
+            queue.ready = int(info.num_pending or 0)  # stored minus delivered
+    for subject, count in (
+        await broker.stream_subject_counts(s.dlq_stream, s.dlq_subjects)
+    ).items():
         of(subject.rsplit(".", 1)[1]).dead += count
+    for record in live if live is not None else await workers(app):
+        for name in record.get("queues", []):
+            of(name).workers += 1
+        for job in record.get("running", []):
+            of(job.get("queue", "?")).running += 1
     now = time.time()
     for queue in queues.values():
+        queue.retrying = max(0, queue.unacked - queue.running)
         if queue.ready:
             oldest = await broker.oldest_ready(queue.queue)
             queue.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)
     return sorted(queues.values(), key=lambda q: q.queue)
+
+
+async def server_status(app: App, monitor_url: str | None = None) -> ServerStatus:
+    """Version and replicas from the connection; cluster size and fsync from monitoring."""
+    broker = await app.broker()
+    info = await broker.stream_info(app.settings.jobs_stream)
+    status = ServerStatus(broker.url, broker.server_version, int(info.config.num_replicas or 1))
+    if monitor_url:
+        varz = await _monitor(monitor_url, "varz")
+        jsz = await _monitor(monitor_url, "jsz")
+        meta = jsz.get("meta_cluster") or {}
+        status.cluster_size = int(meta.get("cluster_size") or 1)
+        config = (varz.get("jetstream") or {}).get("config") or {}
+        if config.get("sync_always"):
+            status.sync = "always"
+        else:
+            seconds = int(config.get("sync_interval", 120_000_000_000)) / 1e9
+            status.sync = f"every {seconds:g}s"
+        if status.cluster_size > 1 and status.sync != "always":
+            status.warning = (
+                "clustered JetStream without sync_interval: always can lose acknowledged jobs "
+                "when nodes fail together; set it in the server's jetstream block"
+            )
+    return status
+
+
+async def _monitor(base: str, endpoint: str) -> dict[str, Any]:
+    url = f"{base.rstrip('/')}/{endpoint}"
+
+    def fetch() -> dict[str, Any]:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            data: dict[str, Any] = json.load(response)
+            return data
+
+    try:
+        return await asyncio.to_thread(fetch)
+    except (OSError, ValueError) as exc:
+        raise JsqueueError(f"cannot read the NATS monitoring endpoint {url}: {exc}") from None
+
+
+async def queues_known(app: App) -> list[str]:
+    return [q.queue for q in await queue_status(app)]
+
+
+async def purge_queue(app: App, queue: str, scheduled: bool = False) -> int:
+    """Remove the jobs waiting in ``queue`` (and its delayed jobs with ``scheduled``)."""
+    known = await queues_known(app)
+    if queue not in known:
+        listed = ", ".join(known) or "none"
+        raise JsqueueError(f"no queue named {queue!r} (queues: {listed})")
+    broker = await app.broker()
+    s = app.settings
+    removed = await broker.purge_subject(s.jobs_stream, s.queue_subject(queue))
+    if scheduled:
+        removed += await broker.purge_subject(s.jobs_stream, s.schedule_subject(queue, ">"))
+    return removed
+
+
+async def locate_job(app: App, job_id: str) -> dict[str, Any]:
+    """Where a job is and what is known of it; :class:`JsqueueError` if it is nowhere."""
+    broker = await app.broker()
+    found: dict[str, Any] = {"id": job_id}
+    outcome = await (await app.result_backend()).read(job_id)
+    if outcome is not None:
+        found.update({k: v for k, v in outcome.record.items() if k not in ("pickle", "sig")})
+    for record in await workers(app):
+        for job in record.get("running", []):
+            if job.get("id") == job_id:
+                found["where"] = "running"
+                found["running_on"] = record["id"]
+                found["running_since"] = job.get("started")
+    delayed = await _delayed(broker, app, job_id)
+    if delayed is not None:
+        found.setdefault("where", "delayed")
+        found["delayed_until"] = delayed
+    letter = await dlq.find(broker, job_id)
+    if letter is not None:
+        found["where"] = "dead-lettered"
+        found["dead_letter"] = letter.to_dict(with_payload=False)
+    if "where" not in found and await _ready(broker, app, job_id):
+        found["where"] = "ready"
+    if "where" not in found and "state" in found:
+        found["where"] = (
+            "done" if found["state"] in ("SUCCESS", "FAILURE") else found["state"].lower()
+        )
+    if "where" not in found:
+        raise JsqueueError(
+            f"job {job_id} not found: no result recorded, and it is not ready (in the "
+            f"{READY_SCAN_LIMIT:,} oldest ready jobs), delayed, running or dead-lettered"
+        )
+    found.setdefault("state", "PENDING")
+    return found
+
+
+async def _delayed(broker: Broker, app: App, job_id: str) -> float | None:
+    s = app.settings
+    subject = s.schedule_subject("*", job_id)
+    message = await broker.get_message(s.jobs_stream, 1, subject=subject, next_=True)
+    if message is None:
+        return None
+    try:
+        return decode(message.data, s.secret_key).eta
+    except DecodeError:
+        return None
+
+
+async def _ready(broker: Broker, app: App, job_id: str) -> bool:
+    s = app.settings
+    seq = 1
+    for _ in range(READY_SCAN_LIMIT):
+        message = await broker.get_message(s.jobs_stream, seq, subject=s.queue_subjects, next_=True)
+        if message is None:
+            return False
+        if peek(message.data)[0] == job_id:
+            return True
+        seq = message.seq + 1
+    return False

@@ -29,8 +29,9 @@ import pytest
 from jsqueue.app import App
 from jsqueue.broker import Broker
 from jsqueue.results import AsyncResult, JobState
+from jsqueue.runner import WorkerStats
 from jsqueue.server import NatsServer
-from jsqueue.worker import Worker, WorkerStats
+from jsqueue.worker import Worker
 
 
 def unique_prefix() -> str:

@@ -1,0 +1,108 @@
+"""What every ``jsqueue`` command shares: the click group, app loading, errors, tables."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from jsqueue.app import App, load_app
+from jsqueue.errors import JsqueueError
+
+T = TypeVar("T")
+log = logging.getLogger("jsqueue.cli")
+
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; a jsqueue error becomes one line and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except JsqueueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def app_from(spec: str | None, url: str | None) -> App:
+    if not spec:
+        raise click.UsageError("which app? pass -A module:app (or set JSQUEUE_APP)")
+    try:
+        app = load_app(spec)
+        if url:
+            app.configure(url=url)
+    except JsqueueError as exc:
+        raise click.ClickException(str(exc)) from None
+    return app
+
+
+def app_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """-A/--app, --url and --log-level, shared by every command that talks to an app."""
+    func = click.option(
+        "--log-level", type=LOG_LEVELS, default="INFO", show_default=True, help="Log level."
+    )(func)
+    func = click.option(
+        "--url",
+        envvar="JSQUEUE_URL",
+        help="NATS URL(s), comma-separated; overrides the app's. [env: JSQUEUE_URL]",
+    )(func)
+    func = click.option(
+        "-A",
+        "--app",
+        "app_spec",
+        envvar="JSQUEUE_APP",
+        metavar="MODULE:APP",
+        help="The app to use, e.g. -A tasks:app (imported from the current dir). "
+        "[env: JSQUEUE_APP]",
+    )(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="jsqueue")
+def cli() -> None:
+    """jsqueue: a Celery-style task queue on NATS JetStream.
+
+    Run `jsqueue server` for a local JetStream server, `jsqueue worker -A tasks:app` to run jobs,
+    and `jsqueue beat -A tasks:app` for periodic jobs.
+    """
+
+
+def with_broker(app_spec: str | None, url: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    app = app_from(app_spec, url)
+
+    async def main() -> T:
+        async with app:
+            return await action(await app.broker())
+
+    return run(main())
+
+
+def progress_file() -> Any:
+    """Progress bars on a terminal only: piped output stays quiet."""
+    return sys.stderr if sys.stderr.isatty() else open(os.devnull, "w")
+
+
+def when(timestamp: float) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,259 @@
+"""``jsqueue worker``, ``jsqueue beat`` and ``jsqueue server``: the long-running processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import click
+
+from jsqueue.app import App
+from jsqueue.cli.common import (
+    LOG_LEVELS,
+    app_from,
+    app_options,
+    cli,
+    run,
+    setup_logging,
+    table,
+)
+from jsqueue.errors import JsqueueError
+
+log = logging.getLogger("jsqueue.cli")
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@app_options
+@click.option(
+    "-Q",
+    "--queues",
+    default=None,
+    metavar="Q1,Q2",
+    help="Comma-separated queues to consume. [default: the app's default queue]",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Jobs run at once (coroutines on the loop, functions in threads).",
+)
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing runs.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish after SIGTERM before they are given back.",
+)
+@click.option(
+    "--wait-for-server",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for an unreachable NATS server at start.",
+)
+@click.option("--id", "worker_id", default=None, help="Worker id. [default: host-pid]")
+@click.option("--events", is_flag=True, help="Publish job events (see `jsqueue events`).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (needs the metrics extra).",
+)
+def worker(
+    app_spec: str | None,
+    url: str | None,
+    log_level: str,
+    queues: str | None,
+    concurrency: int,
+    burst: bool,
+    grace: float,
+    wait_for_server: float,
+    worker_id: str | None,
+    events: bool,
+    metrics_port: int | None,
+) -> None:
+    """Run jobs: pull, run, then ack, retry (nak with a delay) or dead-letter.
+
+    The first SIGTERM/SIGINT stops pulling and lets running jobs finish within --grace; the
+    rest are given back and run again elsewhere. A second signal exits at once.
+    """
+    from jsqueue.worker import Worker
+
+    setup_logging(log_level)
+    app = app_from(app_spec, url)
+    if events:
+        app.configure(events=True)
+    if metrics_port is not None:
+        from jsqueue.metrics import PrometheusMetrics
+
+        try:
+            metrics = PrometheusMetrics()
+            metrics.serve(metrics_port)
+        except (JsqueueError, OSError) as exc:
+            raise click.ClickException(f"metrics on port {metrics_port}: {exc}") from None
+        app.add_hook(metrics)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        runner = Worker(
+            app,
+            queues=queue_list,
+            concurrency=concurrency,
+            burst=burst,
+            grace=grace,
+            worker_id=worker_id,
+        )
+    except (JsqueueError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def main() -> None:
+        _install_stop_signals(runner.stop, "worker")
+        await runner.run(wait_for_server=wait_for_server)
+        await app.close()
+
+    run(main())
+    _exit_despite_threads()
+
+
+def _install_stop_signals(stop: Callable[[], None], what: str) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        if len(received) == 1:
+            log.warning("%s received %s: stopping gracefully (again to exit now)", what, sig.name)
+            stop()
+        else:
+            log.warning("%s received %s again: exiting now", what, sig.name)
+            logging.shutdown()
+            os._exit(128 + sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+def _exit_despite_threads() -> None:
+    """Thread tasks cannot be cancelled; their jobs were given back, so do not wait for them."""
+    import threading
+
+    stuck = [t for t in threading.enumerate() if t.name.startswith("jsqueue-task") and t.is_alive()]
+    if stuck:
+        log.warning(
+            "exiting with %d thread task(s) still running (their jobs were given back)", len(stuck)
+        )
+        logging.shutdown()
+        os._exit(0)
+
+
+# -- beat ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@app_options
+@click.option(
+    "--list", "list_only", is_flag=True, help="Print the entries and their next fire time."
+)
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a dead leader holds the lease before a standby beat takes over.",
+)
+@click.option(
+    "--wait-for-server",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for an unreachable NATS server at start.",
+)
+def beat(
+    app_spec: str | None,
+    url: str | None,
+    log_level: str,
+    list_only: bool,
+    lease_ttl: float,
+    wait_for_server: float,
+) -> None:
+    """Send periodic jobs. Safe to run several: one leads, the others stand by, and every tick
+    is sent exactly once."""
+    from jsqueue.beat import Beat
+
+    setup_logging(log_level)
+    app = app_from(app_spec, url)
+    if list_only:
+        _list_periodic(app)
+        return
+    runner = Beat(app, lease_ttl=lease_ttl)
+
+    async def main() -> None:
+        _install_stop_signals(runner.stop, "beat")
+        await runner.run(wait_for_server=wait_for_server)
+        await app.close()
+
+    run(main())
+
+
+def _list_periodic(app: App) -> None:
+    now = time.time()
+    rows = []
+    for entry in app.periodic.values():
+        nxt = datetime.fromtimestamp(entry.schedule.next_after(now), entry.schedule.zone)
+        rows.append(
+            (
+                entry.name,
+                entry.signature.task,
+                entry.schedule.describe(),
+                nxt.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                entry.catch_up,
+            )
+        )
+    if not rows:
+        click.echo(f"app {app.name} has no periodic entries")
+        return
+    table(("NAME", "TASK", "SCHEDULE", "NEXT", "CATCH-UP"), rows)
+
+
+# -- server -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--url",
+    envvar="JSQUEUE_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="Where the server should answer; its port is used. [env: JSQUEUE_URL]",
+)
+@click.option("--port", type=int, default=None, help="Port to listen on (overrides the URL's).")
+@click.option(
+    "--store-dir",
+    type=click.Path(file_okay=False),
+    default=".jsqueue/nats",
+    envvar="JSQUEUE_STORE_DIR",
+    show_default=True,
+    help="JetStream storage directory. [env: JSQUEUE_STORE_DIR]",
+)
+@click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
+def server(url: str, port: int | None, store_dir: str, log_level: str) -> None:
+    """Run the bundled nats-server with JetStream on 127.0.0.1.
+
+    If a suitable JetStream server already answers at the URL, say so and stay up quietly (so
+    a Procfile keeps running); an unsuitable one is an error. SIGTERM stops the server cleanly.
+    """
+    from jsqueue.serve import serve
+
+    setup_logging(log_level)
+    run(serve(url, port, store_dir))
