@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from jsqueue.broker import Broker
 from jsqueue.config import Settings, redact_url
 from jsqueue.errors import ConfigError, JsqueueError
-from jsqueue.server import NatsServer, server_version
+from jsqueue.server import NatsServer, listening, server_version
 
 log = logging.getLogger("jsqueue.server")
 
@@ -31,7 +30,7 @@ async def serve(url: str, port: int | None, store_dir: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if _answers(host, port):
+    if listening(host, port, timeout=1.0):
         await _reuse(f"nats://{host}:{port}" if split.hostname else url, stop)
         return
     if host not in ("127.0.0.1", "localhost"):
@@ -83,11 +82,3 @@ def _store(store_dir: str) -> Path:
     path = Path(store_dir).absolute()
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False

@@ -138,7 +138,7 @@ class NatsServer:
                 except ValueError:
                     continue  # half written
                 port = int(ports["nats"][0].rsplit(":", 1)[1])
-                if _listening(self.host, port):
+                if listening(self.host, port):
                     return port
             time.sleep(0.01)
         raise ServerStartError(
@@ -198,9 +198,10 @@ class NatsServer:
         self.cleanup()
 
 
-def _listening(host: str, port: int) -> bool:
+def listening(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False

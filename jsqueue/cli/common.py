@@ -71,6 +71,17 @@ def app_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def wait_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--wait-for-server, for the long-running processes a Procfile may start before NATS."""
+    return click.option(
+        "--wait-for-server",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Seconds to wait for an unreachable NATS server at start.",
+    )(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="jsqueue")
 def cli() -> None:

@@ -21,6 +21,7 @@ from jsqueue.cli.common import (
     run,
     setup_logging,
     table,
+    wait_option,
 )
 from jsqueue.errors import JsqueueError
 
@@ -55,13 +56,7 @@ log = logging.getLogger("jsqueue.cli")
     show_default=True,
     help="Seconds running jobs get to finish after SIGTERM before they are given back.",
 )
-@click.option(
-    "--wait-for-server",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Seconds to wait for an unreachable NATS server at start.",
-)
+@wait_option
 @click.option("--id", "worker_id", default=None, help="Worker id. [default: host-pid]")
 @click.option("--events", is_flag=True, help="Publish job events (see `jsqueue events`).")
 @click.option(
@@ -172,13 +167,7 @@ def _exit_despite_threads() -> None:
     show_default=True,
     help="Seconds a dead leader holds the lease before a standby beat takes over.",
 )
-@click.option(
-    "--wait-for-server",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Seconds to wait for an unreachable NATS server at start.",
-)
+@wait_option
 def beat(
     app_spec: str | None,
     url: str | None,

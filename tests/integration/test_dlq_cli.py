@@ -122,6 +122,7 @@ async def test_replay_by_task_replays_only_that_task(
     out = jsqueue(jsq_prefix, nats_server.url, "dlq", "replay", "--task", "tests.apps.faulty.quick")
     assert out.returncode == 0, out.stderr
     assert "replayed 2 job(s)" in out.stdout
+    assert "replaying" not in out.stderr  # no progress bar when piped
     remaining = json.loads(jsqueue(jsq_prefix, nats_server.url, "dlq", "list", "--json").stdout)
     assert [d["reason"] for d in remaining] == ["undecodable"]
 
