@@ -28,10 +28,13 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from jsqueue.config import BUCKETS, MIN_SERVER_VERSION, Settings, redact_url
 from jsqueue.errors import ConnectError, PayloadTooLarge, ProvisionError, PublishError
 from jsqueue.kvstore import KvStore
+from jsqueue.publisher import Ack, AckedPublisher
 
 log = logging.getLogger("jsqueue.broker")
 
 OWNER_KEY = "jsqueue.owner"
+#: Pipelined publishes awaiting their ack at most, in one bulk call.
+_MAX_IN_FLIGHT = 20_000
 # Publishes are retried on these (with the same Msg-Id, so a retry never stores a job twice).
 _RETRYABLE = (
     nats.errors.TimeoutError,
@@ -55,15 +58,6 @@ class StoredMessage:
     time: float = 0.0  # when the server stored it (Unix seconds)
 
 
-@dataclass(frozen=True)
-class Published:
-    """What the server said about a publish."""
-
-    stream: str
-    seq: int
-    duplicate: bool
-
-
 class Broker:
     """A connected NATS client with JetStream, bound to the event loop it connected in."""
 
@@ -77,6 +71,7 @@ class Broker:
         self._reconnect_listeners: list[Callable[[], Awaitable[None]]] = []
         self._consumers_ready: set[str] = set()
         self._kv: dict[str, KvStore] = {}
+        self._publisher: AckedPublisher | None = None
         self._last_connect_error: BaseException | None = None
         self._auth_error: BaseException | None = None
 
@@ -139,7 +134,9 @@ class Broker:
                     announced = True
                 await asyncio.sleep(0.5)
         self._js = self._nc.jetstream(timeout=self.settings.request_timeout)
+        self._publisher = AckedPublisher(self._nc)
         try:
+            await self._publisher.start()
             await self._check_server()
             if self.settings.provision:
                 await self.provision()
@@ -221,7 +218,16 @@ class Broker:
                 "with -js (or a `jetstream {}` block), or run `jsqueue server`"
             ) from None
 
+    @property
+    def publisher(self) -> AckedPublisher:
+        if self._publisher is None:
+            raise ConnectError("not connected; use `async with app:` or `await app.connect()`")
+        return self._publisher
+
     async def close(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
         nc, self._nc, self._js = self._nc, None, None
         self._kv.clear()
         self._consumers_ready.clear()
@@ -364,11 +370,13 @@ class Broker:
         if store is None:
             store = await KvStore.open(
                 self.js,
+                self.publisher,
                 self.settings.bucket(purpose),
                 ttl=ttl,
                 history=history,
                 replicas=self.settings.replicas,
                 create=self.settings.provision,
+                timeout=self.settings.request_timeout,
             )
             self._kv[purpose] = store
         return store
@@ -380,16 +388,19 @@ class Broker:
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
-    ) -> Published:
+    ) -> Ack:
         """Publish to JetStream and wait for the server's ack, retrying with the same headers."""
         self._check_size(subject, payload, headers)
         try:
-            ack = await self.js.publish(subject, payload, headers=headers)
+            future = await self.publisher.publish(subject, payload, headers)
+            async with asyncio.timeout(self.settings.request_timeout):
+                return await future
         except _RETRYABLE:
-            ack = await self._publish_retrying(subject, payload, headers)
+            pass
         except nats.js.errors.APIError as exc:
             raise self._publish_error(subject, exc) from None
-        return Published(ack.stream, ack.seq, bool(ack.duplicate))
+        ack = await self._publish_retrying(subject, payload, headers)
+        return Ack(ack.stream, ack.seq, bool(ack.duplicate))
 
     async def _publish_retrying(
         self, subject: str, payload: bytes, headers: dict[str, str] | None
@@ -406,7 +417,7 @@ class Broker:
         except _RETRYABLE as exc:
             raise PublishError(
                 f"NATS at {self.url} did not confirm the publish to {subject} within "
-                f"{self.settings.publish_timeout:.0f}s ({type(exc).__name__}); the job may or may "
+                f"{self.settings.publish_timeout:g}s ({type(exc).__name__}); the job may or may "
                 "not be stored: retry with the same job_id, which cannot store it twice"
             ) from None
         except nats.js.errors.APIError as exc:
@@ -415,30 +426,36 @@ class Broker:
 
     async def publish_many(
         self, messages: Sequence[tuple[str, bytes, dict[str, str] | None]]
-    ) -> list[Published]:
-        """Publish many messages pipelined (not one round trip each); all or an error."""
+    ) -> None:
+        """Publish many messages pipelined (not one round trip each); all stored or an error."""
         for subject, payload, headers in messages:
             self._check_size(subject, payload, headers)
-        futures: list[asyncio.Future[js_api.PubAck] | None] = []
+        publisher = self.publisher
+        futures: list[asyncio.Future[Ack] | None] = []
         for subject, payload, headers in messages:
             try:
-                futures.append(await self.js.publish_async(subject, payload, headers=headers))
+                futures.append(await publisher.publish(subject, payload, headers))
             except nats.errors.Error:
                 futures.append(None)  # retried below, with the same Msg-Id
-        results: list[Published] = []
+            if publisher.in_flight >= _MAX_IN_FLIGHT:  # let acks catch up
+                await asyncio.wait([f for f in futures[-_MAX_IN_FLIGHT:] if f], timeout=1)
+        waiting = [f for f in futures if f is not None and not f.done()]
+        if waiting:  # one wait for the lot, not a timer per message
+            await asyncio.wait(waiting, timeout=self.settings.request_timeout)
         for (subject, payload, headers), future in zip(messages, futures, strict=True):
-            try:
-                if future is None:
-                    raise nats.errors.TimeoutError
-                ack = await asyncio.wait_for(future, self.settings.request_timeout)
-            except _RETRYABLE:
-                ack = await self._publish_retrying(subject, payload, headers)
-            except nats.js.errors.APIError as exc:
-                raise self._publish_error(subject, exc) from None
-            results.append(Published(ack.stream, ack.seq, bool(ack.duplicate)))
-        return results
+            if future is not None and future.done() and not future.cancelled():
+                error = future.exception()
+                if error is None:
+                    continue
+                if isinstance(error, nats.js.errors.APIError) and not isinstance(error, _RETRYABLE):
+                    raise self._publish_error(subject, error) from None
+            elif future is not None:
+                future.cancel()
+            await self._publish_retrying(subject, payload, headers)
 
     def _check_size(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        if len(payload) + 4096 < self.max_payload:
+            return  # far from the limit: subject and our headers are small
         size = (
             len(payload)
             + len(subject)
