@@ -26,7 +26,13 @@ from nats.js import api as js_api
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from jsqueue.config import BUCKETS, MIN_SERVER_VERSION, Settings, redact_url
-from jsqueue.errors import ConnectError, PayloadTooLarge, ProvisionError, PublishError
+from jsqueue.errors import (
+    ConnectError,
+    JsqueueError,
+    PayloadTooLarge,
+    ProvisionError,
+    PublishError,
+)
 from jsqueue.kvstore import KvStore
 from jsqueue.publisher import Ack, AckedPublisher
 
@@ -74,6 +80,7 @@ class Broker:
         self._publisher: AckedPublisher | None = None
         self._last_connect_error: BaseException | None = None
         self._auth_error: BaseException | None = None
+        self._refused = ""
 
     # -- connection ------------------------------------------------------------------------
 
@@ -241,6 +248,8 @@ class Broker:
         self._last_connect_error = exc
         if _is_auth_error(exc):
             self._auth_error = exc
+        if "ermissions violation" in str(exc):
+            self._refused = str(exc).removeprefix("nats: ")
         if self._nc is None:
             return  # still connecting: the ConnectError will say it
         if not self._outage:
@@ -368,18 +377,31 @@ class Broker:
         """The KV bucket ``<prefix>_<purpose>``, created (or its TTL updated) if needed."""
         store = self._kv.get(purpose)
         if store is None:
-            store = await KvStore.open(
-                self.js,
-                self.publisher,
-                self.settings.bucket(purpose),
-                ttl=ttl,
-                history=history,
-                replicas=self.settings.replicas,
-                create=self.settings.provision,
-                timeout=self.settings.request_timeout,
-            )
+            try:
+                store = await KvStore.open(
+                    self.js,
+                    self.publisher,
+                    self.settings.bucket(purpose),
+                    ttl=ttl,
+                    history=history,
+                    replicas=self.settings.replicas,
+                    create=self.settings.provision,
+                    timeout=self.settings.request_timeout,
+                )
+            except (TimeoutError, nats.errors.TimeoutError):
+                raise self.refused(f"opening the {purpose} bucket") from None
             self._kv[purpose] = store
         return store
+
+    def refused(self, doing: str) -> JsqueueError:
+        """The error for a request that got no answer: a permission the server refused, if it
+        said so, else a timeout."""
+        if self._refused:
+            return JsqueueError(
+                f"NATS at {self.url} refused {doing}: {self._refused}; this user lacks the "
+                "permission (the README lists what each role needs)"
+            )
+        return JsqueueError(f"NATS at {self.url} did not answer {doing} in time")
 
     def _provision_error(self, name: str, exc: nats.js.errors.APIError) -> ProvisionError:
         return ProvisionError(f"cannot create stream {name}: {exc.description} ({exc.err_code})")
