@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -37,8 +37,16 @@ from jsqueue.kvstore import KvStore
 from jsqueue.publisher import Ack, AckedPublisher
 
 log = logging.getLogger("jsqueue.broker")
+T = TypeVar("T")
 
 OWNER_KEY = "jsqueue.owner"
+#: What JetStream answers while it elects leaders: worth retrying for a while.
+_NOT_READY = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
 #: Pipelined publishes awaiting their ack at most, in one bulk call.
 _MAX_IN_FLIGHT = 20_000
 # Publishes are retried on these (with the same Msg-Id, so a retry never stores a job twice).
@@ -145,8 +153,17 @@ class Broker:
         try:
             await self._publisher.start()
             await self._check_server()
-            if self.settings.provision:
-                await self.provision()
+            async for attempt in self.while_electing(max(wait, 3 * self.settings.request_timeout)):
+                with attempt:
+                    await self.js.account_info()
+                    if self.settings.provision:
+                        await self.provision()
+        except _NOT_READY as exc:
+            await self.close()
+            raise ConnectError(
+                f"JetStream at {self.url} did not answer ({type(exc).__name__}); a cluster "
+                "without a leader or quorum? Check the servers' logs"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -219,7 +236,15 @@ class Broker:
             )
         try:
             await self.js.account_info()
-        except (TimeoutError, nats.js.errors.APIError, nats.errors.Error) as exc:
+        except nats.js.errors.ServiceUnavailableError as exc:
+            if exc.err_code is None:  # "no responders": nothing serves the JetStream API
+                raise ConnectError(
+                    f"NATS at {self.url} has no JetStream; start the server with -js (or a "
+                    "`jetstream {}` block), or run `jsqueue server`"
+                ) from None
+        except _NOT_READY:
+            pass  # retried in connect(): a cluster may still be electing its leader
+        except (nats.js.errors.APIError, nats.errors.Error) as exc:
             raise ConnectError(
                 f"NATS at {self.url} has no JetStream ({type(exc).__name__}); start the server "
                 "with -js (or a `jetstream {}` block), or run `jsqueue server`"
@@ -357,11 +382,15 @@ class Broker:
             max_deliver=-1,
             max_ack_pending=s.max_ack_pending,
             max_waiting=512,
-            num_replicas=0 if s.replicas == 1 else s.replicas,
+            num_replicas=0,  # as many as the stream
             metadata={OWNER_KEY: "queue"},
         )
         try:
-            await self.js.add_consumer(s.jobs_stream, config)
+            async for attempt in self.while_electing():
+                with attempt:
+                    await self.js.add_consumer(s.jobs_stream, config)
+        except _NOT_READY:
+            raise self.refused(f"creating consumer {name}") from None
         except nats.js.errors.APIError as exc:
             raise ProvisionError(
                 f"cannot create consumer {name} on {s.jobs_stream}: {exc.description}"
@@ -378,20 +407,45 @@ class Broker:
         store = self._kv.get(purpose)
         if store is None:
             try:
-                store = await KvStore.open(
-                    self.js,
-                    self.publisher,
-                    self.settings.bucket(purpose),
-                    ttl=ttl,
-                    history=history,
-                    replicas=self.settings.replicas,
-                    create=self.settings.provision,
-                    timeout=self.settings.request_timeout,
-                )
-            except (TimeoutError, nats.errors.TimeoutError):
+                async for attempt in self.while_electing():
+                    with attempt:
+                        store = await KvStore.open(
+                            self.js,
+                            self.publisher,
+                            self.settings.bucket(purpose),
+                            ttl=ttl,
+                            history=history,
+                            replicas=self.settings.replicas,
+                            create=self.settings.provision,
+                            timeout=self.settings.request_timeout,
+                        )
+            except _NOT_READY:
                 raise self.refused(f"opening the {purpose} bucket") from None
+            assert store is not None
             self._kv[purpose] = store
         return store
+
+    async def riding_elections(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await operation(*args)``, retried (with the same arguments) while JetStream answers
+        that it is electing a leader; the first try costs nothing extra."""
+        try:
+            return await operation(*args)
+        except _NOT_READY:
+            pass
+        async for attempt in self.while_electing():
+            with attempt:
+                return await operation(*args)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def while_electing(self, budget: float | None = None) -> AsyncRetrying:
+        """Retry what times out or is "temporarily unavailable" while JetStream elects leaders
+        (a cluster starting, a node coming back): by default for ``3 * request_timeout``."""
+        return AsyncRetrying(
+            stop=stop_after_delay(budget or 3 * self.settings.request_timeout),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            retry=retry_if_exception_type(_NOT_READY),
+            reraise=True,
+        )
 
     def refused(self, doing: str) -> JsqueueError:
         """The error for a request that got no answer: a permission the server refused, if it
@@ -404,6 +458,12 @@ class Broker:
         return JsqueueError(f"NATS at {self.url} did not answer {doing} in time")
 
     def _provision_error(self, name: str, exc: nats.js.errors.APIError) -> ProvisionError:
+        if exc.err_code == 10005 and self.settings.replicas > 1:  # no suitable peers
+            return ProvisionError(
+                f"cannot create stream {name} with replicas={self.settings.replicas}: NATS at "
+                f"{self.url} has fewer JetStream servers than that ({exc.description}); lower "
+                "the app's replicas or add servers to the cluster"
+            )
         return ProvisionError(f"cannot create stream {name}: {exc.description} ({exc.err_code})")
 
     # -- publishing --------------------------------------------------------------------------

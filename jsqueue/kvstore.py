@@ -86,7 +86,7 @@ class KvStore:
         except nats.js.errors.APIError as exc:
             if exc.err_code != 10058:  # exists with another configuration
                 raise ProvisionError(
-                    f"cannot create KV bucket {bucket}: {exc.description}"
+                    f"cannot create KV bucket {bucket} with replicas={replicas}: {exc.description}"
                 ) from None
             info = await js.stream_info(f"KV_{bucket}")
             await js.update_stream(info.config.evolve(max_age=ttl or 0))

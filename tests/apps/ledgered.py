@@ -19,6 +19,7 @@ app = App(
     prefix=os.environ.get("JSQ_TEST_PREFIX", "ledgered"),
     ack_wait=float(os.environ.get("JSQ_TEST_ACK_WAIT", "2")),
     max_deliver=int(os.environ.get("JSQ_TEST_MAX_DELIVER", "5")),
+    replicas=int(os.environ.get("JSQ_TEST_REPLICAS", "1")),
     unknown_task_retries=2,
     unknown_task_delay=0.2,
 )
@@ -73,6 +74,30 @@ async def always_fails() -> None:
 def crash() -> None:
     ledger.started(current_job().id)
     os._exit(3)
+
+
+@app.task
+async def square(x: int) -> int:
+    ledger.started(current_job().id)
+    await asyncio.sleep(0.01)
+    ledger.finished(current_job().id)
+    return x * x
+
+
+@app.task
+def total(values: list[int]) -> int:
+    """A chord callback: each run leaves a mark, so a doubled callback would show."""
+    ledger.finished(f"callback-{current_job().id}")
+    return sum(values)
+
+
+@app.task(ignore_result=True)
+def tick() -> None:
+    """A periodic job: the ledger gets one finish per tick."""
+    ledger.finished(current_job().id)
+
+
+app.add_periodic(tick.s(), every=1, name="tick")
 
 
 @app.task(ignore_result=True)
