@@ -10,8 +10,10 @@ about ``lease_ttl`` after the leader dies. For each tick the leader:
 3. marks the claim published and records the tick as the entry's last (``beat_state``).
 
 A new leader first publishes any claim left unpublished (same id), then fires what was missed:
-every tick missed in the last ``2 * lease_ttl + 2`` seconds (a leader change or short outage),
-and for longer downtime the entry's catch-up policy.
+every tick missed in the last ``4 * lease_ttl + 10`` seconds (a leader change, with the elections
+a NATS cluster may hold meanwhile, or a short outage), and for longer downtime the entry's
+catch-up policy. A leader whose lease was not renewed within its TTL fires nothing until it has
+renewed it.
 """
 
 from __future__ import annotations
@@ -46,9 +48,17 @@ class _Stores:
 class Beat:
     """Sends the app's periodic entries. See :func:`run_beat`."""
 
-    def __init__(self, app: App, *, lease_ttl: float = 10.0, beat_id: str | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        lease_ttl: float = 10.0,
+        catch_up_window: float | None = None,
+        beat_id: str | None = None,
+    ) -> None:
         if lease_ttl < 1:
             raise ValueError("lease_ttl must be at least 1 second")
+        self._window = catch_up_window
         self.app = app
         self.lease_ttl = lease_ttl
         self.id = beat_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -56,6 +66,7 @@ class Beat:
         self.fired = 0
         self._stop = asyncio.Event()
         self._lease_revision: int | None = None
+        self._taken_over = False
         self._renewed_at = 0.0
         self._next: dict[str, int] = {}
         self._stores: _Stores | None = None
@@ -67,8 +78,9 @@ class Beat:
 
     @property
     def recent(self) -> float:
-        """Ticks younger than this are fired even when missed (leader change, short outage)."""
-        return 2 * self.lease_ttl + 2
+        """Ticks younger than this are sent even when missed: a leader change (including the
+        elections a NATS cluster holds meanwhile) or a short outage, not downtime."""
+        return self._window if self._window is not None else 4 * self.lease_ttl + 10
 
     def stop(self) -> None:
         self._stop.set()
@@ -117,7 +129,17 @@ class Beat:
     # -- the lease -------------------------------------------------------------------------
 
     async def _hold_lease(self) -> bool:
-        """Renew the lease if we hold it (when due), else try to take it."""
+        """Renew the lease if we hold it (when due), else try to take it; a beat that has just
+        taken it first finishes what the previous leader left (see :meth:`_take_over`)."""
+        if not await self._renew_or_take():
+            return False
+        if not self._taken_over:
+            await self._take_over()
+            self._taken_over = True
+            self.became_leader.set()
+        return True
+
+    async def _renew_or_take(self) -> bool:
         stores = self._stores_or_raise()
         value = json.dumps({"beat": self.id, "at": time.time()}).encode()
         if self._lease_revision is not None:
@@ -138,9 +160,8 @@ class Beat:
         except KeyExists:
             return False
         self._renewed_at = time.time()
+        self._taken_over = False
         log.info("beat %s is the leader", self.id)
-        await self._take_over()
-        self.became_leader.set()
         return True
 
     async def _resign(self) -> None:
@@ -191,6 +212,8 @@ class Beat:
 
     async def _fire(self, entry: PeriodicEntry, tick: int) -> None:
         """Claim, publish, mark published, record: exactly once per tick."""
+        if time.time() - self._renewed_at > self.lease_ttl:
+            raise JsqueueError(f"beat {self.id} may have lost the lease; renewing before firing")
         stores = self._stores_or_raise()
         key = f"{entry.name}.{tick}"
         claim = {"state": "claimed", "beat": self.id, "at": time.time()}

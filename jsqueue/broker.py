@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -26,12 +26,29 @@ from nats.js import api as js_api
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from jsqueue.config import BUCKETS, MIN_SERVER_VERSION, Settings, redact_url
-from jsqueue.errors import ConnectError, PayloadTooLarge, ProvisionError, PublishError
+from jsqueue.errors import (
+    ConnectError,
+    JsqueueError,
+    PayloadTooLarge,
+    ProvisionError,
+    PublishError,
+)
 from jsqueue.kvstore import KvStore
+from jsqueue.publisher import Ack, AckedPublisher
 
 log = logging.getLogger("jsqueue.broker")
+T = TypeVar("T")
 
 OWNER_KEY = "jsqueue.owner"
+#: What JetStream answers while it elects leaders: worth retrying for a while.
+_NOT_READY = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+#: Pipelined publishes awaiting their ack at most, in one bulk call.
+_MAX_IN_FLIGHT = 20_000
 # Publishes are retried on these (with the same Msg-Id, so a retry never stores a job twice).
 _RETRYABLE = (
     nats.errors.TimeoutError,
@@ -55,15 +72,6 @@ class StoredMessage:
     time: float = 0.0  # when the server stored it (Unix seconds)
 
 
-@dataclass(frozen=True)
-class Published:
-    """What the server said about a publish."""
-
-    stream: str
-    seq: int
-    duplicate: bool
-
-
 class Broker:
     """A connected NATS client with JetStream, bound to the event loop it connected in."""
 
@@ -77,8 +85,10 @@ class Broker:
         self._reconnect_listeners: list[Callable[[], Awaitable[None]]] = []
         self._consumers_ready: set[str] = set()
         self._kv: dict[str, KvStore] = {}
+        self._publisher: AckedPublisher | None = None
         self._last_connect_error: BaseException | None = None
         self._auth_error: BaseException | None = None
+        self._refused = ""
 
     # -- connection ------------------------------------------------------------------------
 
@@ -139,10 +149,21 @@ class Broker:
                     announced = True
                 await asyncio.sleep(0.5)
         self._js = self._nc.jetstream(timeout=self.settings.request_timeout)
+        self._publisher = AckedPublisher(self._nc)
         try:
+            await self._publisher.start()
             await self._check_server()
-            if self.settings.provision:
-                await self.provision()
+            async for attempt in self.while_electing(max(wait, 3 * self.settings.request_timeout)):
+                with attempt:
+                    await self.js.account_info()
+                    if self.settings.provision:
+                        await self.provision()
+        except _NOT_READY as exc:
+            await self.close()
+            raise ConnectError(
+                f"JetStream at {self.url} did not answer ({type(exc).__name__}); a cluster "
+                "without a leader or quorum? Check the servers' logs"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -215,13 +236,30 @@ class Broker:
             )
         try:
             await self.js.account_info()
-        except (TimeoutError, nats.js.errors.APIError, nats.errors.Error) as exc:
+        except nats.js.errors.ServiceUnavailableError as exc:
+            if exc.err_code is None:  # "no responders": nothing serves the JetStream API
+                raise ConnectError(
+                    f"NATS at {self.url} has no JetStream; start the server with -js (or a "
+                    "`jetstream {}` block), or run `jsqueue server`"
+                ) from None
+        except _NOT_READY:
+            pass  # retried in connect(): a cluster may still be electing its leader
+        except (nats.js.errors.APIError, nats.errors.Error) as exc:
             raise ConnectError(
                 f"NATS at {self.url} has no JetStream ({type(exc).__name__}); start the server "
                 "with -js (or a `jetstream {}` block), or run `jsqueue server`"
             ) from None
 
+    @property
+    def publisher(self) -> AckedPublisher:
+        if self._publisher is None:
+            raise ConnectError("not connected; use `async with app:` or `await app.connect()`")
+        return self._publisher
+
     async def close(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
         nc, self._nc, self._js = self._nc, None, None
         self._kv.clear()
         self._consumers_ready.clear()
@@ -235,6 +273,8 @@ class Broker:
         self._last_connect_error = exc
         if _is_auth_error(exc):
             self._auth_error = exc
+        if "ermissions violation" in str(exc):
+            self._refused = str(exc).removeprefix("nats: ")
         if self._nc is None:
             return  # still connecting: the ConnectError will say it
         if not self._outage:
@@ -342,11 +382,15 @@ class Broker:
             max_deliver=-1,
             max_ack_pending=s.max_ack_pending,
             max_waiting=512,
-            num_replicas=0 if s.replicas == 1 else s.replicas,
+            num_replicas=0,  # as many as the stream
             metadata={OWNER_KEY: "queue"},
         )
         try:
-            await self.js.add_consumer(s.jobs_stream, config)
+            async for attempt in self.while_electing():
+                with attempt:
+                    await self.js.add_consumer(s.jobs_stream, config)
+        except _NOT_READY:
+            raise self.refused(f"creating consumer {name}") from None
         except nats.js.errors.APIError as exc:
             raise ProvisionError(
                 f"cannot create consumer {name} on {s.jobs_stream}: {exc.description}"
@@ -362,34 +406,83 @@ class Broker:
         """The KV bucket ``<prefix>_<purpose>``, created (or its TTL updated) if needed."""
         store = self._kv.get(purpose)
         if store is None:
-            store = await KvStore.open(
-                self.js,
-                self.settings.bucket(purpose),
-                ttl=ttl,
-                history=history,
-                replicas=self.settings.replicas,
-                create=self.settings.provision,
-            )
+            try:
+                async for attempt in self.while_electing():
+                    with attempt:
+                        store = await KvStore.open(
+                            self.js,
+                            self.publisher,
+                            self.settings.bucket(purpose),
+                            ttl=ttl,
+                            history=history,
+                            replicas=self.settings.replicas,
+                            create=self.settings.provision,
+                            timeout=self.settings.request_timeout,
+                        )
+            except _NOT_READY:
+                raise self.refused(f"opening the {purpose} bucket") from None
+            assert store is not None
             self._kv[purpose] = store
         return store
 
+    async def riding_elections(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await operation(*args)``, retried (with the same arguments) while JetStream answers
+        that it is electing a leader; the first try costs nothing extra."""
+        try:
+            return await operation(*args)
+        except _NOT_READY:
+            pass
+        async for attempt in self.while_electing():
+            with attempt:
+                return await operation(*args)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def while_electing(self, budget: float | None = None) -> AsyncRetrying:
+        """Retry what times out or is "temporarily unavailable" while JetStream elects leaders
+        (a cluster starting, a node coming back): by default for ``3 * request_timeout``."""
+        return AsyncRetrying(
+            stop=stop_after_delay(budget or 3 * self.settings.request_timeout),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            retry=retry_if_exception_type(_NOT_READY),
+            reraise=True,
+        )
+
+    def refused(self, doing: str) -> JsqueueError:
+        """The error for a request that got no answer: a permission the server refused, if it
+        said so, else a timeout."""
+        if self._refused:
+            return JsqueueError(
+                f"NATS at {self.url} refused {doing}: {self._refused}; this user lacks the "
+                "permission (the README lists what each role needs)"
+            )
+        return JsqueueError(f"NATS at {self.url} did not answer {doing} in time")
+
     def _provision_error(self, name: str, exc: nats.js.errors.APIError) -> ProvisionError:
+        if exc.err_code == 10005 and self.settings.replicas > 1:  # no suitable peers
+            return ProvisionError(
+                f"cannot create stream {name} with replicas={self.settings.replicas}: NATS at "
+                f"{self.url} has fewer JetStream servers than that ({exc.description}); lower "
+                "the app's replicas or add servers to the cluster"
+            )
         return ProvisionError(f"cannot create stream {name}: {exc.description} ({exc.err_code})")
 
     # -- publishing --------------------------------------------------------------------------
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
-    ) -> Published:
+    ) -> Ack:
         """Publish to JetStream and wait for the server's ack, retrying with the same headers."""
         self._check_size(subject, payload, headers)
         try:
-            ack = await self.js.publish(subject, payload, headers=headers)
+            future = await self.publisher.publish(subject, payload, headers)
+            async with asyncio.timeout(self.settings.request_timeout):
+                return await future
         except _RETRYABLE:
-            ack = await self._publish_retrying(subject, payload, headers)
+            pass
         except nats.js.errors.APIError as exc:
             raise self._publish_error(subject, exc) from None
-        return Published(ack.stream, ack.seq, bool(ack.duplicate))
+        ack = await self._publish_retrying(subject, payload, headers)
+        return Ack(ack.stream, ack.seq, bool(ack.duplicate))
 
     async def _publish_retrying(
         self, subject: str, payload: bytes, headers: dict[str, str] | None
@@ -406,7 +499,7 @@ class Broker:
         except _RETRYABLE as exc:
             raise PublishError(
                 f"NATS at {self.url} did not confirm the publish to {subject} within "
-                f"{self.settings.publish_timeout:.0f}s ({type(exc).__name__}); the job may or may "
+                f"{self.settings.publish_timeout:g}s ({type(exc).__name__}); the job may or may "
                 "not be stored: retry with the same job_id, which cannot store it twice"
             ) from None
         except nats.js.errors.APIError as exc:
@@ -415,30 +508,36 @@ class Broker:
 
     async def publish_many(
         self, messages: Sequence[tuple[str, bytes, dict[str, str] | None]]
-    ) -> list[Published]:
-        """Publish many messages pipelined (not one round trip each); all or an error."""
+    ) -> None:
+        """Publish many messages pipelined (not one round trip each); all stored or an error."""
         for subject, payload, headers in messages:
             self._check_size(subject, payload, headers)
-        futures: list[asyncio.Future[js_api.PubAck] | None] = []
+        publisher = self.publisher
+        futures: list[asyncio.Future[Ack] | None] = []
         for subject, payload, headers in messages:
             try:
-                futures.append(await self.js.publish_async(subject, payload, headers=headers))
+                futures.append(await publisher.publish(subject, payload, headers))
             except nats.errors.Error:
                 futures.append(None)  # retried below, with the same Msg-Id
-        results: list[Published] = []
+            if publisher.in_flight >= _MAX_IN_FLIGHT:  # let acks catch up
+                await asyncio.wait([f for f in futures[-_MAX_IN_FLIGHT:] if f], timeout=1)
+        waiting = [f for f in futures if f is not None and not f.done()]
+        if waiting:  # one wait for the lot, not a timer per message
+            await asyncio.wait(waiting, timeout=self.settings.request_timeout)
         for (subject, payload, headers), future in zip(messages, futures, strict=True):
-            try:
-                if future is None:
-                    raise nats.errors.TimeoutError
-                ack = await asyncio.wait_for(future, self.settings.request_timeout)
-            except _RETRYABLE:
-                ack = await self._publish_retrying(subject, payload, headers)
-            except nats.js.errors.APIError as exc:
-                raise self._publish_error(subject, exc) from None
-            results.append(Published(ack.stream, ack.seq, bool(ack.duplicate)))
-        return results
+            if future is not None and future.done() and not future.cancelled():
+                error = future.exception()
+                if error is None:
+                    continue
+                if isinstance(error, nats.js.errors.APIError) and not isinstance(error, _RETRYABLE):
+                    raise self._publish_error(subject, error) from None
+            elif future is not None:
+                future.cancel()
+            await self._publish_retrying(subject, payload, headers)
 
     def _check_size(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        if len(payload) + 4096 < self.max_payload:
+            return  # far from the limit: subject and our headers are small
         size = (
             len(payload)
             + len(subject)

@@ -6,6 +6,7 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsqueue.envelope import Envelope
 from jsqueue.errors import JsqueueError
 
 
@@ -25,20 +26,34 @@ class JobContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("jsqueue_current_job")
+#: What the worker knows while a task runs: (envelope, attempt, worker id). The JobContext is
+#: built only when the task asks for it, so jobs that never call current_job() pay nothing.
+_Running = tuple[Envelope, int, str]
+_current: contextvars.ContextVar[_Running] = contextvars.ContextVar("jsqueue_current_job")
 
 
 def current_job() -> JobContext:
     """The job the calling task runs for; an error outside a task."""
     try:
-        return _current.get()
+        env, attempt, worker = _current.get()
     except LookupError:
         raise JsqueueError("current_job() is only available inside a running task") from None
+    return JobContext(
+        id=env.id,
+        task=env.task,
+        attempt=attempt,
+        queue=env.queue,
+        worker=worker,
+        headers=env.headers or {},
+        parent_id=env.parent_id,
+        root_id=env.root_id,
+        eta=env.eta,
+    )
 
 
-def set_current(ctx: JobContext) -> contextvars.Token[JobContext]:
-    return _current.set(ctx)
+def set_current(env: Envelope, attempt: int, worker: str) -> contextvars.Token[_Running]:
+    return _current.set((env, attempt, worker))
 
 
-def reset_current(token: contextvars.Token[JobContext]) -> None:
+def reset_current(token: contextvars.Token[_Running]) -> None:
     _current.reset(token)

@@ -5,6 +5,7 @@ Part of the broker layer (it talks to nats). Keys use ``.`` between parts, never
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,9 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from jsqueue.errors import JsqueueError, ProvisionError
+from jsqueue.publisher import AckedPublisher
+
+_NEW_KEY = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
 class KeyExists(JsqueueError):
@@ -33,8 +37,17 @@ class Entry:
 class KvStore:
     """One KV bucket. Open it with :meth:`open` (through ``Broker.kv``)."""
 
-    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        publisher: AckedPublisher,
+        kv: KeyValue,
+        bucket: str,
+        timeout: float = 5.0,
+    ) -> None:
         self._js = js
+        self._publisher = publisher
+        self._timeout = timeout
         self._kv = kv
         self.bucket = bucket
         self.stream = f"KV_{bucket}"
@@ -43,17 +56,19 @@ class KvStore:
     async def open(
         cls,
         js: JetStreamContext,
+        publisher: AckedPublisher,
         bucket: str,
         *,
         ttl: float | None,
         history: int,
         replicas: int,
         create: bool,
+        timeout: float = 5.0,
     ) -> KvStore:
         """Bind to the bucket, creating it (or updating its TTL) when ``create`` is true."""
         if not create:
             try:
-                return cls(js, await js.key_value(bucket), bucket)
+                return cls(js, publisher, await js.key_value(bucket), bucket, timeout)
             except nats.js.errors.BucketNotFoundError:
                 raise ProvisionError(
                     f"KV bucket {bucket} does not exist and this app has provision=False; "
@@ -71,12 +86,12 @@ class KvStore:
         except nats.js.errors.APIError as exc:
             if exc.err_code != 10058:  # exists with another configuration
                 raise ProvisionError(
-                    f"cannot create KV bucket {bucket}: {exc.description}"
+                    f"cannot create KV bucket {bucket} with replicas={replicas}: {exc.description}"
                 ) from None
             info = await js.stream_info(f"KV_{bucket}")
             await js.update_stream(info.config.evolve(max_age=ttl or 0))
             kv = await js.key_value(bucket)
-        return cls(js, kv, bucket)
+        return cls(js, publisher, kv, bucket, timeout)
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -87,6 +102,15 @@ class KvStore:
 
     async def create(self, key: str, value: bytes, ttl: float | None = None) -> int:
         """Write ``key`` only if it does not exist; :class:`KeyExists` otherwise."""
+        if ttl is None:  # the common case, one pipelined publish (no nats-py KV wrapper)
+            future = await self._publisher.publish(f"$KV.{self.bucket}.{key}", value, _NEW_KEY)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return (await future).seq
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in (10071, 10164):
+                    raise
+            # the key exists, or was deleted (its tombstone needs nats-py's re-create dance)
         try:
             return await self._kv.create(key, value, msg_ttl=ttl)
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):

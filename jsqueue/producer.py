@@ -14,10 +14,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from jsqueue.broker import Broker, Published
+from jsqueue.broker import Broker
 from jsqueue.config import Serializer, Settings, check_job_id, check_queue
 from jsqueue.envelope import Envelope, encode, new_job_id
 from jsqueue.errors import ConfigError
+from jsqueue.publisher import Ack
 
 MSG_ID = "Nats-Msg-Id"
 SCHEDULE = "Nats-Schedule"
@@ -43,24 +44,26 @@ def build_envelope(
 ) -> Envelope:
     """Validate call options and build the envelope. ``extra`` sets canvas fields (link, chord)."""
     now = time.time()
-    if countdown is not None and eta is not None:
-        raise ConfigError("give countdown= or eta=, not both")
-    if countdown is not None:
-        if countdown < 0:
-            raise ConfigError(f"countdown must be >= 0 seconds, not {countdown!r}")
-        due: float | None = now + countdown
-    else:
-        due = to_timestamp(eta, "eta")
-    expiry = to_timestamp(expires, "expires", relative_to=now)
+    due = expiry = None
+    if countdown is not None or eta is not None or expires is not None:
+        if countdown is not None and eta is not None:
+            raise ConfigError("give countdown= or eta=, not both")
+        if countdown is not None:
+            if countdown < 0:
+                raise ConfigError(f"countdown must be >= 0 seconds, not {countdown!r}")
+            due = now + countdown
+        else:
+            due = to_timestamp(eta, "eta")
+        expiry = to_timestamp(expires, "expires", relative_to=now)
     if headers is not None and not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise ConfigError("headers must map str to str")
     return Envelope(
-        id=check_job_id(job_id) if job_id is not None else new_job_id(),
+        id=new_job_id() if job_id is None else check_job_id(job_id),
         task=task,
         args=tuple(args),
-        kwargs=dict(kwargs or {}),
+        kwargs=kwargs or {},
         queue=check_queue(queue),
         created=now,
         eta=due,
@@ -108,15 +111,15 @@ def wire_form(settings: Settings, env: Envelope) -> tuple[str, bytes, dict[str, 
     return settings.queue_subject(env.queue), payload, headers
 
 
-async def send(broker: Broker, env: Envelope) -> Published:
+async def send(broker: Broker, env: Envelope) -> Ack:
     """Publish one job and wait until the server stored it."""
     subject, payload, headers = wire_form(broker.settings, env)
     return await broker.publish(subject, payload, headers)
 
 
-async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> list[Published]:
+async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> None:
     """Publish many jobs pipelined; return once the server stored every one."""
-    return await broker.publish_many([wire_form(broker.settings, env) for env in envelopes])
+    await broker.publish_many([wire_form(broker.settings, env) for env in envelopes])
 
 
 def replayed(env: Envelope) -> Envelope:

@@ -31,12 +31,14 @@ _PENDING_MSGS = "Nats-Pending-Messages"
 class Delivery:
     """One delivery of a job message; it owns ack, nak, in_progress and term."""
 
-    __slots__ = ("_msg", "queue", "received")
+    __slots__ = ("_msg", "attempt", "queue", "received", "stream_seq")
 
     def __init__(self, msg: Msg, queue: str) -> None:
         self._msg = msg
         self.queue = queue
         self.received = time.monotonic()
+        #: which delivery this is (1 = first), counted by the server across worker crashes
+        self.attempt, self.stream_seq = _delivery_numbers(msg.reply)
 
     @property
     def data(self) -> bytes:
@@ -49,15 +51,6 @@ class Delivery:
     @property
     def headers(self) -> dict[str, str]:
         return self._msg.headers or {}
-
-    @property
-    def attempt(self) -> int:
-        """Which delivery this is (1 = first), counted by the server across worker crashes."""
-        return self._msg.metadata.num_delivered
-
-    @property
-    def stream_seq(self) -> int:
-        return self._msg.metadata.sequence.stream
 
     @property
     def settled(self) -> bool:
@@ -77,6 +70,16 @@ class Delivery:
     async def term(self) -> None:
         """Tell the server never to deliver this job again (it leaves the work queue)."""
         await self._msg.term()
+
+
+def _delivery_numbers(reply: str) -> tuple[int, int]:
+    """(delivery count, stream sequence) from a JetStream ack subject, both the short form
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...`` and the long one with domain and
+    account hash (two more tokens before the stream). Cheaper than ``Msg.metadata``, which also
+    builds a datetime per message."""
+    tokens = reply.split(".")
+    offset = 0 if len(tokens) == 9 else 2
+    return int(tokens[4 + offset]), int(tokens[5 + offset])
 
 
 class Puller:

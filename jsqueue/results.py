@@ -124,6 +124,9 @@ class ResultBackend:
 
     async def write_final(self, job_id: str, data: bytes) -> Outcome | None:
         """Record a final outcome unless one is already recorded; return that one if so."""
+        return await self.broker.riding_elections(self._write_final, job_id, data)
+
+    async def _write_final(self, job_id: str, data: bytes) -> Outcome | None:
         try:
             await self.store.create(job_id, data)
             return None
@@ -148,6 +151,9 @@ class ResultBackend:
 
     async def write_progress(self, job_id: str, data: bytes) -> bool:
         """Record STARTED or RETRY unless a final outcome is already there."""
+        return await self.broker.riding_elections(self._write_progress, job_id, data)
+
+    async def _write_progress(self, job_id: str, data: bytes) -> bool:
         while True:
             entry = await self.store.get(job_id)
             try:
@@ -164,7 +170,7 @@ class ResultBackend:
     # -- reads -----------------------------------------------------------------------------
 
     async def read(self, job_id: str) -> Outcome | None:
-        entry = await self.store.get(job_id)
+        entry = await self.broker.riding_elections(self.store.get, job_id)
         return None if entry is None else parse_record(job_id, entry.value)
 
     async def forget(self, job_id: str) -> None:
@@ -179,9 +185,10 @@ class ResultBackend:
             current = await self.read(job_id)  # it may have finished before we watched
             if current is not None and current.state.is_final:
                 return current
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise ResultTimeout(f"job {job_id} has no outcome after {timeout}s") from None
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise ResultTimeout(f"job {job_id} has no outcome after {timeout}s") from None
         finally:
             waiters = self._waiters.get(job_id)
             if waiters is not None:

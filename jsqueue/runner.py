@@ -20,7 +20,7 @@ from typing import Any
 from jsqueue import dlq
 from jsqueue.app import App
 from jsqueue.broker import Broker
-from jsqueue.context import JobContext, reset_current, set_current
+from jsqueue.context import reset_current, set_current
 from jsqueue.continuation import after_failure, after_success, has_followers
 from jsqueue.envelope import Envelope, decode, peek
 from jsqueue.errors import (
@@ -157,18 +157,7 @@ class JobRunner:
         await self._settle(delivery, env, task, decision, result, started)
 
     async def _execute(self, task: Task[Any, Any], env: Envelope, delivery: Delivery) -> _Attempt:
-        ctx = JobContext(
-            id=env.id,
-            task=env.task,
-            attempt=delivery.attempt,
-            queue=env.queue,
-            worker=self.id,
-            headers=env.headers or {},
-            parent_id=env.parent_id,
-            root_id=env.root_id,
-            eta=env.eta,
-        )
-        token = set_current(ctx)
+        token = set_current(env, delivery.attempt, self.id)
         try:
             if task.is_async:
                 limit = task.options.time_limit

@@ -52,6 +52,7 @@ class Task(Generic[P, R]):
         self.name = options.name
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        self._arity = _plain_arity(self.signature)
         if options.queue is not None:
             check_queue(options.queue)
         if options.time_limit is not None:
@@ -105,6 +106,8 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         """Raise :class:`ArgumentsError` if the arguments do not fit the function."""
+        if not kwargs and len(args) == self._arity:
+            return  # the common case, without binding: exactly the positional parameters
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -216,6 +219,15 @@ class Task(Generic[P, R]):
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: in a chain, the previous result is not passed to it."""
         return Signature(self.name, args, kwargs, options={}, immutable=True, app=self.app)
+
+
+def _plain_arity(signature: inspect.Signature) -> int | None:
+    """The parameter count if every parameter is positional without a default, else None."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = signature.parameters.values()
+    if all(p.kind in kinds and p.default is inspect.Parameter.empty for p in params):
+        return len(signature.parameters)
+    return None
 
 
 def _require_loop(task: str, method: str) -> None:

@@ -8,6 +8,9 @@ Enable the fixtures with ``pytest_plugins = ["jsqueue.testing"]`` in a ``conftes
   other's jobs.
 - ``jsq_app``: an :class:`~jsqueue.App` on that server and prefix; closed, and its streams and
   buckets removed, after the test.
+
+Also here: :class:`Ledger` (prove nothing was lost), :class:`NatsCluster` (three servers on
+loopback), :class:`Process` (a child process stopped by PID) and :func:`burst`.
 """
 
 from __future__ import annotations
@@ -28,10 +31,25 @@ import pytest
 
 from jsqueue.app import App
 from jsqueue.broker import Broker
+from jsqueue.cluster import NatsCluster
+from jsqueue.ledger import Ledger, LedgerReport
 from jsqueue.results import AsyncResult, JobState
 from jsqueue.runner import WorkerStats
 from jsqueue.server import NatsServer
 from jsqueue.worker import Worker
+
+__all__ = [
+    "Ledger",
+    "LedgerReport",
+    "NatsCluster",
+    "NatsServer",
+    "Process",
+    "burst",
+    "destroy",
+    "running_worker",
+    "unique_prefix",
+    "wait_state",
+]
 
 
 def unique_prefix() -> str:

@@ -147,8 +147,8 @@ async def test_downtime_catch_up_latest_sends_one_and_skip_none(beat_app: App) -
 
     beat_app.add_periodic(job.s(), every=10, name="latest", catch_up="latest")
     beat_app.add_periodic(job.s(), every=10, name="skipper", catch_up="skip")
-    # A moment 5-7 s after a tick: the last tick is older than the recent window (4 s with a
-    # 1 s lease), so it counts as missed by downtime, and the next tick is 3-5 s away.
+    # A moment 5.5 s after a tick: the last tick is older than the catch-up window (4 s here),
+    # so it counts as missed by downtime, and the next tick is 4.5 s away.
     await asyncio.sleep((5.5 - time.time() % 10) % 10)  # a wall-clock moment, not a sync
     now = time.time()
     last_due = int(now // 10 * 10)
@@ -157,7 +157,7 @@ async def test_downtime_catch_up_latest_sends_one_and_skip_none(beat_app: App) -
         state = await broker.kv("beat_state")
         for name in ("latest", "skipper"):  # both last fired a minute ago, then the beat died
             await state.put(name, json.dumps({"last_tick": last_due - 60}).encode())
-        beat = Beat(beat_app, lease_ttl=1)
+        beat = Beat(beat_app, lease_ttl=1, catch_up_window=4)
         async with running_worker(beat_app):
             await run_for(beat, beat.became_leader, 10)
             await asyncio.sleep(0.5)  # let the worker run what the takeover sent

@@ -131,3 +131,19 @@ def test_bundled_binary_is_the_wheel_not_the_system_one() -> None:
     assert binary.is_relative_to(Path(sys.prefix).resolve())
     major, minor, _ = (int(x) for x in server_version(binary).split("."))
     assert (major, minor) >= (2, 12)
+
+
+async def test_publish_to_a_subject_no_stream_stores_fails_with_the_subject(
+    nats_server: NatsServer, jsq_prefix: str
+) -> None:
+    from jsqueue import PublishError
+
+    app = App("p", url=nats_server.url, prefix=jsq_prefix, publish_timeout=0.5)
+    async with app:
+        broker = await app.broker()
+        started = time.monotonic()
+        with pytest.raises(PublishError, match=r"publish to nowhere\.at\.all within 0\.5s"):
+            await broker.publish("nowhere.at.all", b"x", {"Nats-Msg-Id": "x"})
+        assert time.monotonic() - started < 5
+        with pytest.raises(PublishError, match=r"nowhere\.either"):
+            await broker.publish_many([("nowhere.either", b"y", None)])

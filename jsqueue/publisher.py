@@ -1,0 +1,97 @@
+"""Publishing to JetStream with many acks in flight, for less than nats-py's ``publish_async``.
+
+Every publish carries a reply subject under one inbox wildcard subscription; the server's ack
+resolves a future. Per message that is one dict entry, one future and one ``nc.publish``: no
+timer, no semaphore task, no dataclass per ack. Part of the broker layer; public nats-py API only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any, NamedTuple
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+_STATUS = "Status"
+
+
+class Ack(NamedTuple):
+    """The server's answer to one publish."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+class AckedPublisher:
+    """Publishes and hands back a future of the server's :class:`Ack` (or its error)."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: Any = None
+        self._waiting: dict[str, asyncio.Future[Ack]] = {}
+        self._next = 0
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox() + "."
+        self._sub = await self._nc.subscribe(
+            self._prefix + "*", cb=self._on_reply, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> asyncio.Future[Ack]:
+        """Send one message; the returned future resolves when the server stored it."""
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        future.add_done_callback(lambda _: self._waiting.pop(token, None))
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        return future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return
+        headers = msg.headers
+        if headers and headers.get(_STATUS) == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            doc = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(nats.errors.Error(f"nats: bad publish ack {msg.data[:100]!r}"))
+            return
+        error = doc.get("error")
+        if error:
+            try:
+                nats.js.errors.APIError.from_error(error)  # raises the matching error type
+            except nats.js.errors.APIError as exc:
+                future.set_exception(exc)
+            return
+        ack = Ack(doc.get("stream", ""), int(doc.get("seq", 0)), bool(doc.get("duplicate")))
+        future.set_result(ack)
+
+    async def close(self) -> None:
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
