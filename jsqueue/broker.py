@@ -149,7 +149,7 @@ class Broker:
                     announced = True
                 await asyncio.sleep(0.5)
         self._js = self._nc.jetstream(timeout=self.settings.request_timeout)
-        self._publisher = AckedPublisher(self._nc)
+        self._publisher = AckedPublisher(self._nc, self.settings.request_timeout)
         try:
             await self._publisher.start()
             await self._check_server()
@@ -417,7 +417,6 @@ class Broker:
                             history=history,
                             replicas=self.settings.replicas,
                             create=self.settings.provision,
-                            timeout=self.settings.request_timeout,
                         )
             except _NOT_READY:
                 raise self.refused(f"opening the {purpose} bucket") from None
@@ -475,8 +474,7 @@ class Broker:
         self._check_size(subject, payload, headers)
         try:
             future = await self.publisher.publish(subject, payload, headers)
-            async with asyncio.timeout(self.settings.request_timeout):
-                return await future
+            return await future  # the publisher times it out
         except _RETRYABLE:
             pass
         except nats.js.errors.APIError as exc:

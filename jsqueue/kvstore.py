@@ -5,7 +5,6 @@ Part of the broker layer (it talks to nats). Keys use ``.`` between parts, never
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -43,11 +42,9 @@ class KvStore:
         publisher: AckedPublisher,
         kv: KeyValue,
         bucket: str,
-        timeout: float = 5.0,
     ) -> None:
         self._js = js
         self._publisher = publisher
-        self._timeout = timeout
         self._kv = kv
         self.bucket = bucket
         self.stream = f"KV_{bucket}"
@@ -63,12 +60,11 @@ class KvStore:
         history: int,
         replicas: int,
         create: bool,
-        timeout: float = 5.0,
     ) -> KvStore:
         """Bind to the bucket, creating it (or updating its TTL) when ``create`` is true."""
         if not create:
             try:
-                return cls(js, publisher, await js.key_value(bucket), bucket, timeout)
+                return cls(js, publisher, await js.key_value(bucket), bucket)
             except nats.js.errors.BucketNotFoundError:
                 raise ProvisionError(
                     f"KV bucket {bucket} does not exist and this app has provision=False; "
@@ -91,7 +87,7 @@ class KvStore:
             info = await js.stream_info(f"KV_{bucket}")
             await js.update_stream(info.config.evolve(max_age=ttl or 0))
             kv = await js.key_value(bucket)
-        return cls(js, publisher, kv, bucket, timeout)
+        return cls(js, publisher, kv, bucket)
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -105,8 +101,7 @@ class KvStore:
         if ttl is None:  # the common case, one pipelined publish (no nats-py KV wrapper)
             future = await self._publisher.publish(f"$KV.{self.bucket}.{key}", value, _NEW_KEY)
             try:
-                async with asyncio.timeout(self._timeout):
-                    return (await future).seq
+                return (await future).seq  # the publisher times it out
             except nats.js.errors.APIError as exc:
                 if exc.err_code not in (10071, 10164):
                     raise

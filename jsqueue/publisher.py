@@ -2,7 +2,10 @@
 
 Every publish carries a reply subject under one inbox wildcard subscription; the server's ack
 resolves a future. Per message that is one dict entry, one future and one ``nc.publish``: no
-timer, no semaphore task, no dataclass per ack. Part of the broker layer; public nats-py API only.
+timer, no semaphore task, no callback, no dataclass per ack. Time-outs are generational: every
+half ``timeout`` the futures of the generation before last that are still unanswered fail with
+:class:`TimeoutError`, so a future waits between ``timeout`` and 1.5 x ``timeout``. Part of the
+broker layer; public nats-py API only.
 """
 
 from __future__ import annotations
@@ -31,41 +34,54 @@ class Ack(NamedTuple):
 class AckedPublisher:
     """Publishes and hands back a future of the server's :class:`Ack` (or its error)."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, timeout: float) -> None:
         self._nc = nc
+        self._timeout = timeout
         self._prefix = ""
         self._sub: Any = None
-        self._waiting: dict[str, asyncio.Future[Ack]] = {}
+        self._young: dict[str, asyncio.Future[Ack]] = {}
+        self._old: dict[str, asyncio.Future[Ack]] = {}
         self._next = 0
+        self._ager: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
         self._sub = await self._nc.subscribe(
             self._prefix + "*", cb=self._on_reply, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
+        self._ager = asyncio.get_running_loop().create_task(self._age())
 
     @property
     def in_flight(self) -> int:
-        return len(self._waiting)
+        return len(self._young) + len(self._old)
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None
     ) -> asyncio.Future[Ack]:
-        """Send one message; the returned future resolves when the server stored it."""
+        """Send one message; the future resolves when the server stored it, or fails with the
+        server's error, or with :class:`TimeoutError` when no answer came in time."""
         self._next += 1
         token = str(self._next)
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = future
-        future.add_done_callback(lambda _: self._waiting.pop(token, None))
+        self._young[token] = future
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         except BaseException:
-            self._waiting.pop(token, None)
+            self._young.pop(token, None)
             raise
         return future
 
+    async def _age(self) -> None:
+        while True:
+            await asyncio.sleep(self._timeout / 2)
+            expired, self._old, self._young = self._old, self._young, {}
+            for future in expired.values():
+                if not future.done():
+                    future.set_exception(TimeoutError("no publish ack in time"))
+
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        token = msg.subject[len(self._prefix) :]
+        future = self._young.pop(token, None) or self._old.pop(token, None)
         if future is None or future.done():
             return
         headers = msg.headers
@@ -88,9 +104,13 @@ class AckedPublisher:
         future.set_result(ack)
 
     async def close(self) -> None:
-        for future in self._waiting.values():
+        if self._ager is not None:
+            self._ager.cancel()
+            self._ager = None
+        for future in (*self._young.values(), *self._old.values()):
             future.cancel()
-        self._waiting.clear()
+        self._young.clear()
+        self._old.clear()
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()

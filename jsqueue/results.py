@@ -211,7 +211,9 @@ class ResultBackend:
             return
         async with self._watch_lock:
             if self._unwatch is None:
-                self._unwatch = await self.store.watch_new(self._on_update)
+                self._unwatch = await self.broker.riding_elections(
+                    self.store.watch_new, self._on_update
+                )
 
     async def _on_update(self, key: str, value: bytes | None, revision: int) -> None:
         waiters = self._waiters.get(key)

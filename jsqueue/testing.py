@@ -23,11 +23,9 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import pytest
+from typing import Any, TypeVar, cast
 
 from jsqueue.app import App
 from jsqueue.broker import Broker
@@ -37,6 +35,22 @@ from jsqueue.results import AsyncResult, JobState
 from jsqueue.runner import WorkerStats
 from jsqueue.server import NatsServer
 from jsqueue.worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fixture(scope: str = "function") -> Callable[[F], F]:
+    """``pytest.fixture`` when pytest is installed; the helpers here work without it."""
+
+    def mark(func: F) -> F:
+        try:
+            import pytest
+        except ImportError:
+            return func
+        return cast(F, pytest.fixture(scope=scope)(func))  # type: ignore[call-overload]
+
+    return mark
+
 
 __all__ = [
     "Ledger",
@@ -57,7 +71,7 @@ def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="session")
+@fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
     """A bundled nats-server with JetStream for the whole test session."""
     server = NatsServer().start()
@@ -67,12 +81,12 @@ def nats_server() -> Iterator[NatsServer]:
         server.cleanup()
 
 
-@pytest.fixture
+@fixture()
 def jsq_prefix() -> str:
     return unique_prefix()
 
 
-@pytest.fixture
+@fixture()
 async def jsq_app(nats_server: NatsServer, jsq_prefix: str) -> AsyncIterator[App]:
     """An app on the session server with a unique prefix; torn down after the test."""
     app = App("test", url=nats_server.url, prefix=jsq_prefix)

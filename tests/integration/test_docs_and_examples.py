@@ -146,8 +146,11 @@ def test_procfile_system_runs_end_to_end(tmp_path: Path) -> None:
     env_file.write_text(
         f"JSQUEUE_URL=nats://127.0.0.1:{port}\nJSQUEUE_STORE_DIR={tmp_path / 'store'}\n"
     )
+    # the Procfile's commands (`jsqueue ...`) come from this interpreter's environment
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     honcho = Process(
         [sys.executable, "-m", "honcho", "-e", str(env_file), "start"],
+        env={"PATH": path},
         cwd=ROOT,
         log_dir=tmp_path,
         name="honcho",
