@@ -14,7 +14,6 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats
@@ -35,11 +34,11 @@ from jsqueue.errors import (
 )
 from jsqueue.kvstore import KvStore
 from jsqueue.publisher import Ack, AckedPublisher
+from jsqueue.streams import OWNER_KEY, StreamAdmin
 
 log = logging.getLogger("jsqueue.broker")
 T = TypeVar("T")
 
-OWNER_KEY = "jsqueue.owner"
 #: What JetStream answers while it elects leaders: worth retrying for a while.
 _NOT_READY = (
     TimeoutError,
@@ -61,18 +60,7 @@ _RETRYABLE = (
 )
 
 
-@dataclass(frozen=True)
-class StoredMessage:
-    """A message read from a stream without consuming it."""
-
-    seq: int
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-    time: float = 0.0  # when the server stored it (Unix seconds)
-
-
-class Broker:
+class Broker(StreamAdmin):
     """A connected NATS client with JetStream, bound to the event loop it connected in."""
 
     def __init__(self, settings: Settings, *, client_name: str | None = None) -> None:
@@ -183,11 +171,15 @@ class Broker:
             "reconnected_cb": self._on_reconnect,
         }
         options.update(self._auth_options())
+        nc = NatsClient()
+        # Each server twice, each try within connect_timeout, and some slack. The deadline also
+        # covers a nats-py connect that stalls after a failed TLS handshake instead of raising.
+        deadline = 2 * len(servers) * (self.settings.connect_timeout + 0.5) + 1
         try:
-            nc = await nats.connect(**options)
-        except nats.errors.NoServersError as exc:
-            raise self._connect_error(url, exc) from None
+            await asyncio.wait_for(nc.connect(**options), deadline)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
             raise self._connect_error(url, exc) from None
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 1
@@ -195,11 +187,16 @@ class Broker:
 
     def _connect_error(self, url: str, exc: BaseException) -> ConnectError:
         cause = exc
-        if isinstance(exc, nats.errors.NoServersError):
+        if isinstance(exc, nats.errors.NoServersError | TimeoutError):
             # The underlying cause (refused, auth) reached us through the error callback; an
             # authorization failure wins over the "connection reset" that may follow it.
             cause = self._auth_error or self._last_connect_error or exc
         text = str(cause) or type(cause).__name__
+        if isinstance(cause, ssl.SSLError):
+            return ConnectError(
+                f"TLS with NATS at {redact_url(url)} failed ({text}); give the server's CA with "
+                "tls_ca_file=... (and tls_cert_file/tls_key_file if it wants a client cert)"
+            )
         if _is_auth_error(cause):
             return ConnectError(
                 f"NATS at {redact_url(url)} refused the credentials ({text}); check the user, "
@@ -328,42 +325,6 @@ class Broker:
             )
         )
 
-    async def ensure_stream(self, config: js_api.StreamConfig) -> None:
-        """Create the stream, update it if ours and different, refuse it if not ours."""
-        assert config.name
-        try:
-            info = await self.js.stream_info(config.name)
-        except nats.js.errors.NotFoundError:
-            try:
-                await self.js.add_stream(config)
-                return
-            except nats.js.errors.APIError as exc:
-                if exc.err_code != 10058:  # created by a racing process: compare below
-                    raise self._provision_error(config.name, exc) from None
-                info = await self.js.stream_info(config.name)
-        diffs = _differences(config, info.config)
-        if not diffs:
-            return
-        owner = (info.config.metadata or {}).get(OWNER_KEY)
-        wanted = (config.metadata or {}).get(OWNER_KEY)
-        described = "; ".join(
-            f"{k} is {_plain(have)!r}, jsqueue needs {_plain(want)!r}" for k, have, want in diffs
-        )
-        if owner != wanted:
-            raise ProvisionError(
-                f"stream {config.name} exists but was not created by jsqueue and differs: "
-                f"{described}. Remove it or give the app another prefix"
-            )
-        try:
-            merged = info.config.evolve(**{k: getattr(config, k) for k, _, _ in diffs})
-            await self.js.update_stream(merged)
-            log.info("updated stream %s: %s", config.name, described)
-        except nats.js.errors.APIError as exc:
-            raise ProvisionError(
-                f"stream {config.name} has settings jsqueue cannot change in place: {described} "
-                f"({exc.description}). Remove the stream or give the app another prefix"
-            ) from None
-
     async def ensure_consumer(self, queue: str) -> str:
         """Create or update the durable pull consumer of ``queue``; return its name."""
         s = self.settings
@@ -455,15 +416,6 @@ class Broker:
                 "permission (the README lists what each role needs)"
             )
         return JsqueueError(f"NATS at {self.url} did not answer {doing} in time")
-
-    def _provision_error(self, name: str, exc: nats.js.errors.APIError) -> ProvisionError:
-        if exc.err_code == 10005 and self.settings.replicas > 1:  # no suitable peers
-            return ProvisionError(
-                f"cannot create stream {name} with replicas={self.settings.replicas}: NATS at "
-                f"{self.url} has fewer JetStream servers than that ({exc.description}); lower "
-                "the app's replicas or add servers to the cluster"
-            )
-        return ProvisionError(f"cannot create stream {name}: {exc.description} ({exc.err_code})")
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -568,83 +520,6 @@ class Broker:
         sub = await self.nc.subscribe(subject, cb=on_msg)
         return sub.unsubscribe
 
-    # -- admin -------------------------------------------------------------------------------
-
-    async def stream_subject_counts(self, stream: str, subjects: str) -> dict[str, int]:
-        """Messages per subject in ``stream`` matching the ``subjects`` filter."""
-        info = await self.js.stream_info(stream, subjects_filter=subjects)
-        return dict(info.state.subjects or {})
-
-    async def stream_info(self, stream: str) -> js_api.StreamInfo:
-        return await self.js.stream_info(stream)
-
-    async def consumer_info(self, queue: str) -> js_api.ConsumerInfo | None:
-        try:
-            info: js_api.ConsumerInfo = await self.js.consumer_info(
-                self.settings.jobs_stream, self.settings.consumer_name(queue)
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        return info
-
-    async def consumers(self) -> list[js_api.ConsumerInfo]:
-        """Every consumer of the jobs stream."""
-        infos: list[js_api.ConsumerInfo] = await self.js.consumers_info(self.settings.jobs_stream)
-        return infos
-
-    async def get_message(
-        self, stream: str, seq: int, subject: str | None = None, next_: bool = False
-    ) -> StoredMessage | None:
-        """Message ``seq`` of ``stream`` (or, with ``next_``, the first at or after it on
-        ``subject``); None if there is none."""
-        try:
-            msg = await self.js.get_msg(stream, seq, subject=subject, next=next_)
-        except nats.js.errors.NotFoundError:
-            return None
-        return _stored(msg)
-
-    async def last_message(self, stream: str, subject: str) -> StoredMessage | None:
-        """The last message on ``subject``, or None."""
-        try:
-            msg = await self.js.get_last_msg(stream, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        return _stored(msg)
-
-    async def oldest_ready(self, queue: str) -> float | None:
-        """When the oldest job of ``queue`` not yet delivered to a worker was stored."""
-        info = await self.consumer_info(queue)
-        start = (info.delivered.stream_seq + 1) if info and info.delivered else 1
-        subject = self.settings.queue_subject(queue)
-        msg = await self.get_message(self.settings.jobs_stream, start, subject=subject, next_=True)
-        return None if msg is None else msg.time
-
-    async def messages(self, stream: str, subject: str, start_seq: int = 1) -> list[StoredMessage]:
-        """Every message on ``subject`` from ``start_seq``, without consuming them."""
-        out: list[StoredMessage] = []
-        while True:
-            msg = await self.get_message(stream, start_seq, subject=subject, next_=True)
-            if msg is None:
-                return out
-            out.append(msg)
-            start_seq = msg.seq + 1
-
-    async def delete_message(self, stream: str, seq: int) -> bool:
-        try:
-            return await self.js.delete_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            return False
-
-    async def purge_subject(self, stream: str, subject: str) -> int:
-        """Remove every message on ``subject`` (wildcards allowed); return how many."""
-        removed = sum((await self.stream_subject_counts(stream, subject)).values())
-        await self.js.purge_stream(stream, subject=subject)
-        return removed
-
-    async def purge_stream(self, stream: str, subject: str | None = None) -> None:
-        """Remove every message of ``stream`` (on ``subject`` if given)."""
-        await self.js.purge_stream(stream, subject=subject)
-
     async def flush(self) -> None:
         await self.nc.flush()
 
@@ -659,53 +534,5 @@ class Broker:
         self._consumers_ready.clear()
 
 
-def _differences(
-    want: js_api.StreamConfig, have: js_api.StreamConfig
-) -> list[tuple[str, Any, Any]]:
-    """The fields jsqueue sets whose value on the server differs (server defaults ignored)."""
-    diffs = []
-    for name in (
-        "retention",
-        "storage",
-        "discard",
-        "max_msgs",
-        "max_bytes",
-        "max_age",
-        "duplicate_window",
-        "num_replicas",
-        "allow_msg_schedules",
-    ):
-        wanted = getattr(want, name)
-        if wanted is None:
-            continue
-        got = getattr(have, name)
-        if name in ("max_age", "duplicate_window"):
-            same = abs(float(got or 0) - float(wanted)) < 1e-3
-        elif name in ("max_msgs", "max_bytes"):
-            same = (got if got is not None else -1) == wanted
-        else:
-            same = got == wanted
-        if not same:
-            diffs.append((name, got, wanted))
-    if set(want.subjects or ()) != set(have.subjects or ()):
-        diffs.append(("subjects", have.subjects, want.subjects))
-    return diffs
-
-
-def _stored(msg: js_api.RawStreamMsg) -> StoredMessage:
-    return StoredMessage(
-        msg.seq or 0,
-        msg.subject or "",
-        msg.data or b"",
-        dict(msg.headers or {}),
-        msg.time.timestamp() if msg.time else 0.0,
-    )
-
-
 def _is_auth_error(exc: BaseException) -> bool:
     return isinstance(exc, nats.errors.AuthorizationError) or "uthorization" in str(exc)
-
-
-def _plain(value: Any) -> Any:
-    """Enum members as their wire value, for messages."""
-    return getattr(value, "value", value)

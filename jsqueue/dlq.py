@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from jsqueue.broker import Broker, StoredMessage
+from jsqueue.broker import Broker
 from jsqueue.envelope import Envelope, decode
 from jsqueue.errors import DecodeError, JsqueueError
 from jsqueue.producer import MSG_ID, send
+from jsqueue.streams import StoredMessage
 
 HEADER = "Jsq-Dead-Letter"
 _HEADER_SLACK = 512  # subject, Msg-Id and framing

@@ -147,3 +147,54 @@ async def test_publish_to_a_subject_no_stream_stores_fails_with_the_subject(
         assert time.monotonic() - started < 5
         with pytest.raises(PublishError, match=r"nowhere\.either"):
             await broker.publish_many([("nowhere.either", b"y", None)])
+
+
+async def test_token_in_the_url(tmp_path: Path, jsq_prefix: str) -> None:
+    with NatsServer(store_dir=tmp_path, extra_args=["--auth", "s3cr3t-token"]) as srv:
+        good = App("t", url=f"nats://s3cr3t-token@127.0.0.1:{srv.port}", prefix=jsq_prefix)
+        async with good:
+            assert (await good.broker()).is_connected
+        bad = App("t", url=f"nats://wrong-token@127.0.0.1:{srv.port}", prefix=jsq_prefix)
+        with pytest.raises(ConnectError, match="refused the credentials") as info:
+            await bad.connect()
+        assert "wrong-token" not in str(info.value)
+
+
+async def test_tls_with_a_ca_file(tmp_path: Path, jsq_prefix: str) -> None:
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    args = ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
+    with NatsServer(store_dir=tmp_path / "s", extra_args=args) as srv:
+        url = f"tls://127.0.0.1:{srv.port}"
+        app = App("tls", url=url, prefix=jsq_prefix, tls_ca_file=str(cert))
+        async with app:
+            assert (await app.broker()).is_connected
+        untrusted = App("tls", url=url, prefix=jsq_prefix)
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match=r"TLS with NATS at tls://127\.0\.0\.1:\d+ failed"):
+            await untrusted.connect()
+        assert time.monotonic() - started < 30
