@@ -1,6 +1,7 @@
 """jsqueue: a Celery-style distributed task queue on NATS JetStream."""
 
 from jsqueue.app import App
+from jsqueue.beat import run_beat
 from jsqueue.canvas import GroupResult, Signature, chain, chord, group
 from jsqueue.context import JobContext, current_job
 from jsqueue.errors import (
@@ -24,6 +25,7 @@ from jsqueue.errors import (
 from jsqueue.results import AsyncResult, JobState
 from jsqueue.retry import RetryPolicy
 from jsqueue.task import Task
+from jsqueue.worker import run_worker
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,9 @@ __all__ = [
     "chain",
     "chord",
     "group",
+    # running workers and beat in your own process
+    "run_beat",
+    "run_worker",
     # inside a task
     "JobContext",
     "Reject",

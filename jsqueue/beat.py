@@ -97,8 +97,13 @@ class Beat:
             state=await broker.kv("beat_state", ttl=None),
         )
         log.info("beat %s ready with %d entries on NATS %s", self.id, len(self.entries), broker.url)
+        me = asyncio.current_task()
         try:
             while not self._stop.is_set():
+                if me is not None and me.cancelling():
+                    # cancelled, but a library call swallowed it (3.11's wait_for can, when the
+                    # awaited future completes at that moment): stop anyway
+                    raise asyncio.CancelledError
                 try:
                     await self._step()
                 except Exception as exc:  # an outage: keep going, the lease decides who leads
@@ -123,8 +128,11 @@ class Beat:
         await self._sleep(max(0.0, min(next_due, renew_at) - time.time()))
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 a cancel that lands as wait_for times out comes
+        # out as TimeoutError, and a cancelled beat would sleep on
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     # -- the lease -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import nats.errors
@@ -34,18 +34,10 @@ from jsqueue.errors import (
 )
 from jsqueue.kvstore import KvStore
 from jsqueue.publisher import Ack, AckedPublisher
-from jsqueue.streams import OWNER_KEY, StreamAdmin
+from jsqueue.streams import NOT_READY, OWNER_KEY, StreamAdmin
 
 log = logging.getLogger("jsqueue.broker")
-T = TypeVar("T")
 
-#: What JetStream answers while it elects leaders: worth retrying for a while.
-_NOT_READY = (
-    TimeoutError,
-    nats.errors.TimeoutError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.NoStreamResponseError,
-)
 #: Pipelined publishes awaiting their ack at most, in one bulk call.
 _MAX_IN_FLIGHT = 20_000
 # Publishes are retried on these (with the same Msg-Id, so a retry never stores a job twice).
@@ -146,7 +138,7 @@ class Broker(StreamAdmin):
                     await self.js.account_info()
                     if self.settings.provision:
                         await self.provision()
-        except _NOT_READY as exc:
+        except NOT_READY as exc:
             await self.close()
             raise ConnectError(
                 f"JetStream at {self.url} did not answer ({type(exc).__name__}); a cluster "
@@ -239,7 +231,7 @@ class Broker(StreamAdmin):
                     f"NATS at {self.url} has no JetStream; start the server with -js (or a "
                     "`jetstream {}` block), or run `jsqueue server`"
                 ) from None
-        except _NOT_READY:
+        except NOT_READY:
             pass  # retried in connect(): a cluster may still be electing its leader
         except (nats.js.errors.APIError, nats.errors.Error) as exc:
             raise ConnectError(
@@ -350,7 +342,7 @@ class Broker(StreamAdmin):
             async for attempt in self.while_electing():
                 with attempt:
                     await self.js.add_consumer(s.jobs_stream, config)
-        except _NOT_READY:
+        except NOT_READY:
             raise self.refused(f"creating consumer {name}") from None
         except nats.js.errors.APIError as exc:
             raise ProvisionError(
@@ -379,33 +371,11 @@ class Broker(StreamAdmin):
                             replicas=self.settings.replicas,
                             create=self.settings.provision,
                         )
-            except _NOT_READY:
+            except NOT_READY:
                 raise self.refused(f"opening the {purpose} bucket") from None
             assert store is not None
             self._kv[purpose] = store
         return store
-
-    async def riding_elections(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await operation(*args)``, retried (with the same arguments) while JetStream answers
-        that it is electing a leader; the first try costs nothing extra."""
-        try:
-            return await operation(*args)
-        except _NOT_READY:
-            pass
-        async for attempt in self.while_electing():
-            with attempt:
-                return await operation(*args)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def while_electing(self, budget: float | None = None) -> AsyncRetrying:
-        """Retry what times out or is "temporarily unavailable" while JetStream elects leaders
-        (a cluster starting, a node coming back): by default for ``3 * request_timeout``."""
-        return AsyncRetrying(
-            stop=stop_after_delay(budget or 3 * self.settings.request_timeout),
-            wait=wait_exponential(multiplier=0.1, max=1.0),
-            retry=retry_if_exception_type(_NOT_READY),
-            reraise=True,
-        )
 
     def refused(self, doing: str) -> JsqueueError:
         """The error for a request that got no answer: a permission the server refused, if it

@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from jsqueue.config import Serializer
+from jsqueue.config import Serializer, check_job_id
 from jsqueue.envelope import Envelope, new_job_id
 from jsqueue.errors import ConfigError, GroupFailed, TaskFailed
 from jsqueue.producer import build_envelope, send, send_many
@@ -114,6 +114,10 @@ class Signature:
         """:meth:`delay` for code without an event loop."""
         return self._app().run_sync(self.apply_async(args))
 
+    def apply_async_sync(self, args: Sequence[Any] = (), **options: Any) -> AsyncResult[Any]:
+        """:meth:`apply_async` for code without an event loop."""
+        return self._app().run_sync(self.apply_async(args, **options))
+
 
 class chain:
     """Steps run one after another, each getting the previous result as first argument.
@@ -131,9 +135,12 @@ class chain:
     def delay(self, *args: Any) -> Coroutine[Any, Any, AsyncResult[Any]]:
         return self.apply_async(args)
 
-    async def apply_async(self, args: Sequence[Any] = ()) -> AsyncResult[Any]:
-        """Send the first step (with ``args`` in front); the rest follow on the workers."""
+    async def apply_async(self, args: Sequence[Any] = (), **options: Any) -> AsyncResult[Any]:
+        """Send the first step (with ``args`` in front and these send options, as Celery does);
+        the rest follow on the workers."""
+        _no_job_id(options, "a chain (give it to a step with .set(job_id=...))")
         steps = [s.set(job_id=s.options.get("job_id") or new_job_id()) for s in self.steps]
+        steps[0] = steps[0].set(**options)
         first, rest = steps[0], steps[1:]
         env = first.envelope(args, link=tuple(step.to_dict() for step in rest))
         app = first._app()
@@ -142,7 +149,12 @@ class chain:
         return AsyncResult(app, str(last.options["job_id"]), last.task)
 
     def delay_sync(self, *args: Any) -> AsyncResult[Any]:
+        """:meth:`delay` for code without an event loop."""
         return self.steps[0]._app().run_sync(self.apply_async(args))
+
+    def apply_async_sync(self, args: Sequence[Any] = (), **options: Any) -> AsyncResult[Any]:
+        """:meth:`apply_async` for code without an event loop."""
+        return self.steps[0]._app().run_sync(self.apply_async(args, **options))
 
 
 @dataclass
@@ -192,14 +204,22 @@ class group:
     def delay(self) -> Coroutine[Any, Any, GroupResult]:
         return self.apply_async()
 
-    async def apply_async(self) -> GroupResult:
-        envelopes = [member.envelope() for member in self.members]
+    async def apply_async(self, **options: Any) -> GroupResult:
+        """Send every member, with these send options (queue, countdown, eta, expires,
+        headers) where a member does not set its own."""
+        _no_job_id(options, "a group (give it to a member with .set(job_id=...))")
+        envelopes = [_defaults(member, options).envelope() for member in self.members]
         app = self.members[0]._app()
         await send_many(await app.broker(), envelopes)
         return GroupResult([AsyncResult(app, e.id, e.task) for e in envelopes])
 
     def delay_sync(self) -> GroupResult:
+        """:meth:`delay` for code without an event loop."""
         return self.members[0]._app().run_sync(self.apply_async())
+
+    def apply_async_sync(self, **options: Any) -> GroupResult:
+        """:meth:`apply_async` for code without an event loop."""
+        return self.members[0]._app().run_sync(self.apply_async(**options))
 
 
 class chord:
@@ -216,19 +236,37 @@ class chord:
     def delay(self) -> Coroutine[Any, Any, AsyncResult[Any]]:
         return self.apply_async()
 
-    async def apply_async(self) -> AsyncResult[Any]:
+    async def apply_async(self, job_id: str | None = None, **options: Any) -> AsyncResult[Any]:
+        """Send the members, with these send options where a member does not set its own;
+        ``job_id`` names the chord (its callback's id, the handle's)."""
         from jsqueue.chords import start_chord
 
         app = self.body._app()
-        chord_id = str(self.body.options.get("job_id") or new_job_id())
+        chord_id = check_job_id(job_id or str(self.body.options.get("job_id") or new_job_id()))
         size = len(self.header.members)
         await start_chord(app, chord_id, size, self.body.to_dict())
         envelopes = [
-            member.envelope(chord={"id": chord_id, "index": i, "size": size})
+            _defaults(member, options).envelope(chord={"id": chord_id, "index": i, "size": size})
             for i, member in enumerate(self.header.members)
         ]
         await send_many(await app.broker(), envelopes)
         return AsyncResult(app, chord_id, self.body.task)
 
     def delay_sync(self) -> AsyncResult[Any]:
+        """:meth:`delay` for code without an event loop."""
         return self.body._app().run_sync(self.apply_async())
+
+    def apply_async_sync(self, job_id: str | None = None, **options: Any) -> AsyncResult[Any]:
+        """:meth:`apply_async` for code without an event loop."""
+        return self.body._app().run_sync(self.apply_async(job_id, **options))
+
+
+def _defaults(member: Signature, options: dict[str, Any]) -> Signature:
+    """``member`` with ``options`` where it has none of its own."""
+    missing = {k: v for k, v in options.items() if k not in member.options}
+    return member.set(**missing) if missing else member
+
+
+def _no_job_id(options: dict[str, Any], what: str) -> None:
+    if "job_id" in options:
+        raise ConfigError(f"job_id= names one job; it cannot be given to {what}")

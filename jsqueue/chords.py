@@ -7,7 +7,9 @@
 - ``<chord>.claim``: created by the member that completes the set, recording which member it is;
   that member publishes the callback under the chord's id, then marks the claim published, and
   only then acks. A crash in between redelivers that same member, which finds its own claim and
-  publishes again (the same job id, deduplicated): never lost, never doubled.
+  publishes again (the same job id, deduplicated): never lost, never doubled. If that
+  redelivery fails for good instead (a crash loop, an error on the second run), the set is still
+  complete, so :func:`member_failed` finishes the claim rather than fail the chord.
 """
 
 from __future__ import annotations
@@ -69,13 +71,20 @@ async def member_succeeded(app: App, env: Envelope, value: Any) -> None:
         if current.get("state") != "claimed" or current.get("member") != env.id:
             return  # published, failed, or another member's claim
         revision = entry.revision  # our own earlier delivery claimed it and then died
+    await _publish_claimed(app, store, chord_id, size, claim, revision)
+
+
+async def _publish_claimed(
+    app: App, store: KvStore, chord_id: str, size: int, claim: dict[str, Any], revision: int
+) -> None:
+    """Send the callback of a claimed chord, then mark the claim published."""
     await _send_callback(app, store, chord_id, size)
     claim.update(state="published", published=time.time())
     try:
-        await store.update(claim_key, json.dumps(claim).encode(), last=revision)
+        await store.update(f"{chord_id}.claim", json.dumps(claim).encode(), last=revision)
     except KeyExists:
         log.warning("claim of chord %s changed under us", chord_id)
-    await store.forget_count(pattern)
+    await store.forget_count(f"{chord_id}.m.*")
 
 
 async def _send_callback(app: App, store: KvStore, chord_id: str, size: int) -> None:
@@ -86,13 +95,18 @@ async def _send_callback(app: App, store: KvStore, chord_id: str, size: int) -> 
         raise RuntimeError(f"chord {chord_id} has no meta record (expired?)")
     meta = json.loads(meta_entry.value)
     results: list[Any] = [None] * size
+    read = set()
     for entry in await store.values(f"{chord_id}.m.*"):
         index = int(entry.key.rsplit(".", 1)[1])
+        read.add(index)
         doc = json.loads(entry.value)
         if "pickle" in doc:
             results[index] = unpickle_value(doc, app.settings.secret_key, bind=entry.key, raw=b"")
         else:
             results[index] = doc["r"]
+    if len(read) != size:  # never call back with holes; the claimer's redelivery tries again
+        missing = sorted(set(range(size)) - read)
+        raise RuntimeError(f"chord {chord_id}: results of members {missing[:10]} not readable")
     callback = Signature.from_dict(meta["callback"], app)
     env = callback.envelope((results,), job_id=chord_id, parent_id=chord_id)
     await send(await app.broker(), env)
@@ -108,7 +122,17 @@ async def member_failed(app: App, env: Envelope, error: dict[str, str]) -> None:
     try:
         await store.create(f"{chord_id}.claim", json.dumps(claim).encode())
     except KeyExists:
-        return  # already failed (or, impossibly, complete): nothing more to record
+        entry = await store.get(f"{chord_id}.claim")
+        if entry is not None:
+            current = json.loads(entry.value)
+            if current.get("state") == "claimed":
+                # Every member had succeeded: the claimer died before sending the callback and
+                # this is a later delivery of a member (the claimer's own, say) failing for
+                # good. The chord is complete; send its callback rather than strand it.
+                log.warning("chord %s: finishing the claim of %s", chord_id, current["member"])
+                size = int(env.chord["size"])
+                await _publish_claimed(app, store, chord_id, size, current, entry.revision)
+        return  # already failed, or complete
     failure = {
         "type": error.get("type", "Error"),
         "message": f"chord member {index} ({env.id}) failed: {error.get('message', '')}",

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -84,8 +85,15 @@ class KvStore:
                 raise ProvisionError(
                     f"cannot create KV bucket {bucket} with replicas={replicas}: {exc.description}"
                 ) from None
+            # ours from an earlier deployment: take this one's TTL and replicas (1 -> 3 when
+            # moving to a cluster)
             info = await js.stream_info(f"KV_{bucket}")
-            await js.update_stream(info.config.evolve(max_age=ttl or 0))
+            try:
+                await js.update_stream(info.config.evolve(max_age=ttl or 0, num_replicas=replicas))
+            except nats.js.errors.APIError as exc:
+                raise ProvisionError(
+                    f"cannot update KV bucket {bucket} to replicas={replicas}: {exc.description}"
+                ) from None
             kv = await js.key_value(bucket)
         return cls(js, publisher, kv, bucket)
 
@@ -125,30 +133,42 @@ class KvStore:
     async def delete(self, key: str) -> None:
         await self._kv.purge(key)
 
-    async def keys(self, pattern: str = ">") -> list[str]:
-        """Every live key matching the subject ``pattern`` (e.g. ``chord.abc.>``)."""
-        keys = []
-        watcher = await self._kv.watch(pattern, ignore_deletes=True, meta_only=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                keys.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return keys
-
     async def values(self, pattern: str = ">") -> list[Entry]:
-        """Every live entry whose key matches ``pattern``."""
+        """Every live entry whose key matches ``pattern``.
+
+        Read with a pull consumer (last message per key) rather than nats-py's KV watch: a pull
+        consumer delivers nothing until asked, so its pending count is exactly how many entries
+        to fetch. The watch decides it has seen everything from a consumer-info reply that can
+        overtake the deliveries, and under load it may end early with entries missing.
+        """
+        sub = await self._js.pull_subscribe(
+            f"$KV.{self.bucket}.{pattern}",
+            stream=self.stream,
+            config=js_api.ConsumerConfig(
+                deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=js_api.AckPolicy.NONE,
+                inactive_threshold=60,
+                mem_storage=True,
+            ),
+        )
+        prefix = len(f"$KV.{self.bucket}.")
         entries = []
-        watcher = await self._kv.watch(pattern, ignore_deletes=True)
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                entries.append(Entry(entry.key, entry.value or b"", entry.revision or 0))
+            left = (await sub.consumer_info()).num_pending or 0
+            while left > 0:
+                batch = await sub.fetch(min(left, 1000), timeout=10)
+                left -= len(batch)
+                for msg in batch:
+                    headers = msg.headers or {}
+                    if headers.get("KV-Operation") in ("DEL", "PURGE") or (
+                        "Nats-Marker-Reason" in headers
+                    ):
+                        continue  # a deleted or expired key
+                    seq = msg.metadata.sequence.stream
+                    entries.append(Entry(msg.subject[prefix:], msg.data or b"", seq))
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
         return entries
 
     async def count_keys(self, pattern: str) -> int:

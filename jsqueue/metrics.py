@@ -56,16 +56,21 @@ class PrometheusMetrics(Hooks):
             registry=self.registry,
         )
         self._server: Any = None
+        #: jobs counted in ``running``: a job dead-lettered before it started (wrong arguments,
+        #: unknown task, crash loop) finishes without having been counted
+        self._started: set[str] = set()
 
     async def on_event(self, event: JobEvent) -> None:
         counter = self.counters.get(event.kind)
         if counter is not None:
             counter.labels(event.task, event.queue).inc()
         if event.kind == "started":
+            self._started.add(event.job_id)
             self.running.labels(event.queue).inc()
-        elif event.kind in _FINISHED:
+        elif event.kind in _FINISHED and event.job_id in self._started:
+            self._started.discard(event.job_id)
             self.running.labels(event.queue).dec()
-            if event.duration is not None:
+            if event.duration is not None:  # only jobs that ran have a duration
                 self.duration.labels(event.task).observe(event.duration)
 
     async def on_queue_stats(self, queue: str, ready: int, unacked: int) -> None:

@@ -3,11 +3,13 @@
 A job whose ``eta`` lies in the future is published as a server-side message schedule on
 ``<prefix>.sched.<queue>.<job id>`` that fires into its queue subject at that time: it waits on
 the server, never in a worker's memory. The job id is sent as ``Nats-Msg-Id``, so publishing it
-twice within the duplicate window stores it once.
+twice within the duplicate window stores it once. Every path that sends jobs (tasks, canvas,
+beat, continuations, replays) comes through here, so each publishes its "enqueued" event.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,6 +20,7 @@ from jsqueue.broker import Broker
 from jsqueue.config import Serializer, Settings, check_job_id, check_queue
 from jsqueue.envelope import Envelope, encode, new_job_id
 from jsqueue.errors import ConfigError
+from jsqueue.events import enqueued
 from jsqueue.publisher import Ack
 
 MSG_ID = "Nats-Msg-Id"
@@ -95,8 +98,9 @@ def to_timestamp(
 
 
 def rfc3339(timestamp: float) -> str:
-    """UTC RFC 3339 with milliseconds, as message schedules want it."""
-    moment = datetime.fromtimestamp(timestamp, UTC)
+    """UTC RFC 3339 with milliseconds, as message schedules want it; rounded up, so that a job
+    never fires before its eta."""
+    moment = datetime.fromtimestamp(math.ceil(timestamp * 1000) / 1000, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -114,12 +118,18 @@ def wire_form(settings: Settings, env: Envelope) -> tuple[str, bytes, dict[str, 
 async def send(broker: Broker, env: Envelope) -> Ack:
     """Publish one job and wait until the server stored it."""
     subject, payload, headers = wire_form(broker.settings, env)
-    return await broker.publish(subject, payload, headers)
+    ack = await broker.publish(subject, payload, headers)
+    if broker.settings.events:
+        await enqueued(broker, env)
+    return ack
 
 
 async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> None:
     """Publish many jobs pipelined; return once the server stored every one."""
     await broker.publish_many([wire_form(broker.settings, env) for env in envelopes])
+    if broker.settings.events:
+        for env in envelopes:
+            await enqueued(broker, env)
 
 
 def replayed(env: Envelope) -> Envelope:

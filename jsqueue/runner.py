@@ -164,10 +164,13 @@ class JobRunner:
                 if limit is None:
                     value = await task.fn(*env.args, **env.kwargs)
                 else:
+                    deadline = asyncio.timeout(limit)
                     try:
-                        async with asyncio.timeout(limit):
+                        async with deadline:
                             value = await task.fn(*env.args, **env.kwargs)
-                    except TimeoutError:
+                    except TimeoutError as exc:
+                        if not deadline.expired():
+                            return _Attempt(error=exc)  # the task's own time-out, not ours
                         return _Attempt(
                             TimeLimitExceeded(f"{task.name} ran past its time_limit of {limit}s")
                         )
@@ -269,7 +272,7 @@ class JobRunner:
             max_payload=broker.max_payload,
         )
         await dlq.publish(broker, delivery.queue, delivery.data, headers)
-        if env is not None and store:
+        if env is not None and store and not self._ignores_result(env):
             failed = decision.reason in _TASK_FAILURES
             state = JobState.FAILURE if failed else JobState.DEAD
             record = state_record(
@@ -302,6 +305,10 @@ class JobRunner:
         if self.hooks and env is not None:
             kind = "failed" if decision.reason in _TASK_FAILURES else "dead_lettered"
             await self._emit(kind, env, delivery, started, error)
+
+    def _ignores_result(self, env: Envelope) -> bool:
+        task = self.app.tasks.get(env.task)
+        return task is not None and task.options.ignore_result
 
     async def _skip(self, delivery: Delivery, env: Envelope, state: JobState, why: str) -> None:
         record = state_record(state, task=env.task, worker=self.id, finished=time.time(), why=why)

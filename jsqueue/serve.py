@@ -70,7 +70,8 @@ async def _until_stopped_or_dead(server: NatsServer, stop: asyncio.Event) -> Non
     assert server.process is not None
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=0.5)
+            async with asyncio.timeout(0.5):
+                await stop.wait()
         except TimeoutError:
             code = server.process.poll()
             if code is not None:

@@ -7,12 +7,15 @@ apart so each module holds one concern (connecting and publishing there, stored 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from jsqueue.config import Settings
 from jsqueue.errors import ProvisionError
@@ -20,6 +23,14 @@ from jsqueue.errors import ProvisionError
 log = logging.getLogger("jsqueue.broker")
 
 OWNER_KEY = "jsqueue.owner"
+T = TypeVar("T")
+#: What JetStream answers while it elects a leader (a cluster starting, a node coming back).
+NOT_READY = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,28 @@ class StreamAdmin:
     @property
     def url(self) -> str:
         raise NotImplementedError
+
+    async def riding_elections(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await operation(*args)``, retried (with the same arguments) while JetStream answers
+        that it is electing a leader; the first try costs nothing extra."""
+        try:
+            return await operation(*args)
+        except NOT_READY:
+            pass
+        async for attempt in self.while_electing():
+            with attempt:
+                return await operation(*args)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def while_electing(self, budget: float | None = None) -> AsyncRetrying:
+        """Retry what times out or is "temporarily unavailable" while JetStream elects leaders
+        (a cluster starting, a node coming back): by default for ``3 * request_timeout``."""
+        return AsyncRetrying(
+            stop=stop_after_delay(budget or 3 * self.settings.request_timeout),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            retry=retry_if_exception_type(NOT_READY),
+            reraise=True,
+        )
 
     def _provision_error(self, name: str, exc: nats.js.errors.APIError) -> ProvisionError:
         if exc.err_code == 10005 and self.settings.replicas > 1:  # no suitable peers
@@ -119,7 +152,8 @@ class StreamAdmin:
         """Message ``seq`` of ``stream`` (or, with ``next_``, the first at or after it on
         ``subject``); None if there is none."""
         try:
-            msg = await self.js.get_msg(stream, seq, subject=subject, next=next_)
+            # positional: (stream, seq, subject, direct, next)
+            msg = await self.riding_elections(self.js.get_msg, stream, seq, subject, False, next_)
         except nats.js.errors.NotFoundError:
             return None
         return _stored(msg)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from jsqueue.canvas import Signature
 from jsqueue.config import Serializer, check_queue
 from jsqueue.errors import ArgumentsError, ConfigError, JsqueueError
-from jsqueue.events import enqueued
 from jsqueue.producer import build_envelope, send, send_many
 from jsqueue.results import AsyncResult
 from jsqueue.retry import RetryPolicy
@@ -179,8 +178,6 @@ class Task(Generic[P, R]):
             **{k: v for k, v in options.items() if v is not None},
         )
         await send(broker, env)
-        if self.app.settings.events:
-            await enqueued(broker, env)
         return AsyncResult(self.app, env.id, self.name)
 
     async def map(self, items: Iterable[Any], *, queue: str | None = None) -> list[AsyncResult[R]]:

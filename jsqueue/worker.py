@@ -22,6 +22,7 @@ from typing import Any
 
 from jsqueue.app import App
 from jsqueue.config import check_queue
+from jsqueue.errors import ConfigError
 from jsqueue.events import EventPublisher
 from jsqueue.hooks import Hooks, queue_stats
 from jsqueue.puller import Delivery, Puller
@@ -54,10 +55,13 @@ class Worker:
         grace: float = 30.0,
         worker_id: str | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        self.app = app
         self.queues = [check_queue(q) for q in (queues or [app.settings.default_queue])]
+        if concurrency < len(self.queues):
+            raise ConfigError(
+                f"concurrency {concurrency} is less than the {len(self.queues)} queue(s) to "
+                "consume: each queue needs a slot of its own; raise -c or consume fewer queues"
+            )
+        self.app = app
         self.concurrency = concurrency
         self.burst = burst
         self.grace = grace
@@ -126,7 +130,14 @@ class Worker:
                 broker.url,
             )
             self.started.set()
-            await self._stop.wait()
+            try:
+                await self._stop.wait()
+            except asyncio.CancelledError:
+                # cancelled (run_worker in a task of yours): stop now, give every job back
+                self.grace = 0.0
+                self._stop.set()
+                await self._drain()
+                raise
             await self._drain()
         finally:
             for task in background:
@@ -295,9 +306,9 @@ class Worker:
 
 
 def _split(total: int, parts: int) -> list[int]:
-    """Split ``total`` slots over ``parts`` queues, each at least 1."""
+    """Split ``total`` slots over ``parts`` queues (``total >= parts``, so each gets one)."""
     base, extra = divmod(total, parts)
-    return [max(1, base + (1 if i < extra else 0)) for i in range(parts)]
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 async def run_worker(
@@ -311,6 +322,9 @@ async def run_worker(
     worker_id: str | None = None,
 ) -> WorkerStats:
     """Run a worker for ``app`` in the current event loop until it is stopped.
+
+    Cancelling the task that runs it stops it at once: running jobs are cancelled and, with
+    those waiting for a slot, given back (``nak``) so that another worker runs them now.
 
     With ``burst=True`` it returns once the queues hold nothing ready or unacked (retries
     included) and nothing runs. Signal handling is the caller's: ``jsqueue worker`` installs it.

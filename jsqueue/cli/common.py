@@ -37,9 +37,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
-def app_from(spec: str | None, url: str | None) -> App:
+def app_from(spec: str | None, url: str | None, *, need_tasks: bool = False) -> App:
+    """The app named by ``-A``; for commands that run no tasks, ``--url`` alone will do (an app
+    with the default prefix)."""
     if not spec:
-        raise click.UsageError("which app? pass -A module:app (or set JSQUEUE_APP)")
+        if need_tasks or not url:
+            needs = "" if need_tasks else " or --url nats://host:4222"
+            raise click.UsageError(f"which app? pass -A module:app (or set JSQUEUE_APP){needs}")
+        try:
+            return App("jsqueue", url=url)
+        except JsqueueError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
         app = load_app(spec)
         if url:
@@ -65,7 +73,8 @@ def app_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "app_spec",
         envvar="JSQUEUE_APP",
         metavar="MODULE:APP",
-        help="The app to use, e.g. -A tasks:app (imported from the current dir). "
+        help="The app to use, e.g. -A tasks:app (imported from the current dir). Commands that "
+        "run no tasks also work with --url alone, for an app with the default prefix (jsq). "
         "[env: JSQUEUE_APP]",
     )(func)
     return func

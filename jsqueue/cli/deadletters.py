@@ -95,7 +95,7 @@ def dlq_replay(
     if sum(bool(x) for x in (job_id, replay_all, task)) != 1:
         raise click.UsageError("give one of: JOB_ID, --all, --task NAME")
 
-    async def replay(broker: Any) -> list[str]:
+    async def replay(broker: Any) -> tuple[list[str], list[str]]:
         if job_id:
             letter = await dead_letters.find(broker, job_id)
             if letter is None:
@@ -103,16 +103,25 @@ def dlq_replay(
             letters = [letter]
         else:
             letters = await dead_letters.list_letters(broker, task=task)
-        new_ids = []
+        new_ids, problems = [], []
         with click.progressbar(letters, label="replaying", file=progress_file()) as bar:
             for letter in bar:
-                new_ids.append(await dead_letters.replay(broker, letter))
-        return new_ids
+                try:
+                    new_ids.append(await dead_letters.replay(broker, letter))
+                except JsqueueError as exc:
+                    if job_id:
+                        raise
+                    problems.append(str(exc))  # one bad letter does not stop the rest
+        return new_ids, problems
 
-    new_ids = with_broker(app_spec, url, replay)
+    new_ids, problems = with_broker(app_spec, url, replay)
     for new_id in new_ids if job_id else []:
         click.echo(f"replayed {job_id} as {new_id}")
     click.echo(f"replayed {len(new_ids)} job(s)")
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        raise click.ClickException(f"{len(problems)} dead letter(s) not replayed (kept)")
 
 
 @dlq.command("purge")

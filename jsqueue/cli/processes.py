@@ -86,7 +86,7 @@ def worker(
     from jsqueue.worker import Worker
 
     setup_logging(log_level)
-    app = app_from(app_spec, url)
+    app = app_from(app_spec, url, need_tasks=True)
     if events:
         app.configure(events=True)
     if metrics_port is not None:
@@ -181,7 +181,7 @@ def beat(
     from jsqueue.beat import Beat
 
     setup_logging(log_level)
-    app = app_from(app_spec, url)
+    app = app_from(app_spec, url, need_tasks=True)
     if list_only:
         _list_periodic(app)
         return

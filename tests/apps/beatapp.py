@@ -6,7 +6,12 @@ import os
 
 from jsqueue import App
 
-app = App("beat", prefix=os.environ.get("JSQ_TEST_PREFIX", "beat"))
+app = App(
+    "beat",
+    prefix=os.environ.get("JSQ_TEST_PREFIX", "beat"),
+    # a test shrinks the Msg-Id window so that only the tick claims can prevent a double send
+    duplicate_window=float(os.environ.get("JSQ_TEST_DUPLICATE_WINDOW", "120")),
+)
 
 
 @app.task(ignore_result=True)

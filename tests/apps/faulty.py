@@ -10,7 +10,9 @@ import os
 import time
 from pathlib import Path
 
-from jsqueue import App, current_job
+from tenacity import stop_after_attempt, wait_fixed
+
+from jsqueue import App, RetryPolicy, current_job
 
 app = App(
     "faulty",
@@ -45,3 +47,9 @@ def crash() -> None:
 @app.task(ignore_result=True)
 async def quick(i: int) -> int:
     return i
+
+
+@app.task(retry=RetryPolicy(stop=stop_after_attempt(2), wait=wait_fixed(0.2)))
+async def flaky(i: int) -> int:
+    """Fail every time: one retry, then the dead-letter stream."""
+    raise ValueError(f"flaky {i} failed")

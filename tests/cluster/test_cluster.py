@@ -18,7 +18,7 @@ import pytest
 from jsqueue import App, ProvisionError, chord, group
 from jsqueue import dlq as dead_letters
 from jsqueue.ledger import Ledger
-from jsqueue.testing import NatsCluster, Process
+from jsqueue.testing import NatsCluster, Process, destroy
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -136,6 +136,25 @@ async def test_replicas_beyond_the_cluster_are_a_clear_error(cluster: Cluster) -
     await app.close()
 
 
+async def test_raising_replicas_reaches_every_stream_and_bucket(cluster: Cluster) -> None:
+    """A deployment moving from one replica to three: streams and buckets follow the setting."""
+    one = App("one", url=cluster.nats.url, prefix="grow", replicas=1)
+    three = App("three", url=cluster.nats.url, prefix="grow", replicas=3)
+    try:
+        async with one:
+            await one.result_backend()
+        async with three:
+            await three.result_backend()
+            broker = await three.broker()
+            s = three.settings
+            for name in (s.jobs_stream, s.dlq_stream, f"KV_{s.bucket('results')}"):
+                info = await broker.js.stream_info(name)
+                assert info.config.num_replicas == 3, name
+    finally:
+        await destroy(three)
+        await one.close()
+
+
 async def test_1_kill_the_jobs_stream_leader_under_load(cluster: Cluster) -> None:
     async with cluster.app:
         with cluster.workers():
@@ -147,6 +166,7 @@ async def test_1_kill_the_jobs_stream_leader_under_load(cluster: Cluster) -> Non
             await cluster.drained()
             await asyncio.to_thread(cluster.nats.start_node, leader)
         await cluster.check("leader killed")
+    assert len(acked) == 600  # publishes resumed after the election: every one acked
     print(f"[leader killed] longest gap between acked enqueues: {longest_gap(acked):.2f}s")
 
 
@@ -165,11 +185,19 @@ async def test_2_kill_two_of_three_nodes(cluster: Cluster) -> None:
             for node in victims:
                 await asyncio.to_thread(cluster.nats.start_node, node)
             await cluster.nats.wait_ready(60)
+            await cluster.nats.stream_leader(cluster.app.settings.jobs_stream, timeout=60)
+            task = cluster.app.tasks["tests.apps.ledgered.record"]
+            for i in itertools.count():  # the same producer: retrying until JetStream answers
+                probe = task.apply_async(args=(i,), job_id=f"c2probe-{i}")
+                if await cluster.ledger.enqueue(f"c2probe-{i}", probe):
+                    break
+                assert i < 30, "enqueues did not resume after the nodes came back"
             await produce(cluster, 100, "c2c", pace=0)
             await cluster.drained()
         await cluster.check("two of three killed")
     acked = {e["id"] for e in cluster.ledger.events() if e["e"] == "acked"}
     assert not any(job.startswith("c2b-") for job in acked)  # no quorum: no ack, ever
+    assert {f"c2c-{i}" for i in range(100)} <= acked  # back to quorum: enqueues work again
     print(f"[two of three killed] 5 enqueues without quorum failed within {refused_for:.1f}s")
 
 
@@ -185,6 +213,7 @@ async def test_3_rolling_restart_under_load(cluster: Cluster) -> None:
             acked = await asyncio.wait_for(producing, 120)
             await cluster.drained()
         await cluster.check("rolling restart")
+    assert len(acked) == 800
     print(f"[rolling restart] longest gap between acked enqueues: {longest_gap(acked):.2f}s")
 
 

@@ -1,4 +1,4 @@
-"""Scenario 12: a producer with only what the README says a producer needs."""
+"""Scenario 12: a producer and a worker with only what the README says each role needs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jsqueue import App, JsqueueError
+from jsqueue import App, AsyncResult, JobState, JsqueueError, dlq
+from jsqueue.config import BUCKETS
 from jsqueue.server import NatsServer
 from jsqueue.testing import burst
 
@@ -34,6 +35,22 @@ def producer_permissions(prefix: str, results: bool) -> str:
     )
 
 
+def worker_permissions(prefix: str) -> str:
+    """The worker / beat / CLI role as the README gives it."""
+    publish = [
+        f"{prefix}.>",
+        *(f"$KV.{prefix}_{bucket}.>" for bucket in BUCKETS),
+        "$JS.API.>",
+        f"$JS.ACK.{prefix.upper()}_JOBS.>",
+        "$JS.FC.>",
+    ]
+    allow = ", ".join(f'"{s}"' for s in publish)
+    subscribe = f'"_INBOX.>", "{prefix}.events.>"'
+    return (
+        f"permissions: {{ publish: {{ allow: [{allow}] }}, subscribe: {{ allow: [{subscribe}] }} }}"
+    )
+
+
 async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix: str) -> None:
     config = tmp_path / "nats.conf"
     config.write_text(
@@ -43,6 +60,7 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
             {{ user: admin, password: admin }}
             {{ user: producer, password: producer, {producer_permissions(jsq_prefix, False)} }}
             {{ user: reader, password: reader, {producer_permissions(jsq_prefix, True)} }}
+            {{ user: worker, password: worker, {worker_permissions(jsq_prefix)} }}
           ]
         }}
         """
@@ -50,6 +68,9 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
     with NatsServer(store_dir=tmp_path / "store", config_file=config) as server:
         host = f"127.0.0.1:{server.port}"
         admin = App("admin", url=f"nats://admin:admin@{host}", prefix=jsq_prefix)
+        # the worker provisions streams and buckets itself, runs jobs, stores results and
+        # dead-letters, all within the README's worker row
+        worker = App("w", url=f"nats://worker:worker@{host}", prefix=jsq_prefix, request_timeout=2)
         producer = App(
             "p",
             url=f"nats://producer:producer@{host}",
@@ -58,15 +79,19 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
             request_timeout=1,
         )
         reader = App("r", url=f"nats://reader:reader@{host}", prefix=jsq_prefix, provision=False)
-        for app in (admin, producer, reader):
+        for app in (admin, producer, reader, worker):
 
             @app.task(name="add")
             async def add(x: int, y: int) -> int:
                 return x + y
 
+            @app.task(name="boom")
+            async def boom() -> None:
+                raise ValueError("no retries: dead-lettered")
+
         try:
-            async with admin:
-                await admin.result_backend()  # an operator (or a worker) provisioned once
+            async with worker:
+                await worker.result_backend()  # provisioned once, by the worker role
             async with producer:
                 sent = await producer.tasks["add"].delay(2, 3)
                 later = await producer.tasks["add"].apply_async(args=(1, 1), countdown=3600)
@@ -76,15 +101,20 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
                     match=r"refused opening the results bucket.*[Pp]ermissions [Vv]iolation",
                 ):
                     await sent.get(timeout=5)
-            async with admin:
-                await burst(admin)
+            async with producer:
+                poison = await producer.tasks["boom"].delay()
+            async with worker:
+                stats = await burst(worker)
+                assert (stats.succeeded, stats.failed) == (1, 1), stats.summary()
+                letter = await dlq.find(await worker.broker(), poison.id)
+                assert letter is not None
+                assert letter.error_type == "ValueError", letter
+                assert await AsyncResult(worker, poison.id).state() == JobState.FAILURE
             async with reader:
                 assert await reader.tasks["add"].delay(4, 4) is not None
                 assert await reader.tasks["add"].delay(5, 5) is not None
-                from jsqueue import AsyncResult
-
                 assert await AsyncResult(reader, sent.id).get(timeout=5) == 5
         finally:
-            for app in (admin, producer, reader):
+            for app in (admin, producer, reader, worker):
                 await app.close()
                 app.close_sync()

@@ -7,11 +7,13 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+import jsqueue
 from jsqueue import App, current_job
 from jsqueue.beat import Beat
 from jsqueue.server import NatsServer
@@ -43,7 +45,7 @@ async def test_interval_and_cron_entries_fire_on_time(beat_app: App) -> None:
     enough = asyncio.Event()
 
     @beat_app.task(ignore_result=True)
-    def record(kind: str) -> None:
+    async def record(kind: str) -> None:  # on the loop: it sets an asyncio.Event
         tick = int(current_job().id.rsplit(".", 1)[1])
         lateness[kind].append(time.time() - tick)
         if len(lateness["every"]) >= 6 and len(lateness["cron"]) >= 3:
@@ -75,8 +77,10 @@ async def test_two_beats_leader_killed_and_server_restarted_every_tick_exactly_o
     tmp_path: Path, jsq_prefix: str
 ) -> None:
     server = NatsServer(store_dir=tmp_path / "store").start()
-    app = App("beat", url=server.url, prefix=jsq_prefix)
-    env = {"JSQ_TEST_PREFIX": jsq_prefix}
+    # Msg-Id dedupe over the server's minimum of 100 ms only; and the beats' own "sent" lines are
+    # counted below, which no dedupe can hide
+    app = App("beat", url=server.url, prefix=jsq_prefix, duplicate_window=0.1)
+    env = {"JSQ_TEST_PREFIX": jsq_prefix, "JSQ_TEST_DUPLICATE_WINDOW": "0.1"}
 
     def beat_process(name: str) -> Process:
         return Process.jsqueue(
@@ -109,8 +113,10 @@ async def test_two_beats_leader_killed_and_server_restarted_every_tick_exactly_o
         leader.kill()
         killed_at = time.time()
         await wait_for_ticks(16, 30)
+        beats.append(beat_process("beat-c"))  # two beats alive again across the restart
+        await wait_for_ticks(20, 30)
         await asyncio.to_thread(server.restart)
-        await wait_for_ticks(32, 60)
+        await wait_for_ticks(36, 60)
         for b in beats:
             b.stop()
         async with app:
@@ -120,11 +126,16 @@ async def test_two_beats_leader_killed_and_server_restarted_every_tick_exactly_o
             b.kill()
         await app.close()
         server.cleanup()
-    assert len(ticks) >= 32
+    assert len(ticks) >= 36
     assert len(ticks) == len(set(ticks)), "a tick was enqueued twice"
     assert ticks == sorted(ticks)
     assert ticks == list(range(ticks[0], ticks[-1] + 1)), "a tick was lost"
-    survivor = next(b for b in beats if b is not leader)
+    sent = Counter(
+        int(m) for b in beats for m in re.findall(r" sent beat\.tick\.(\d+) ", b.output())
+    )
+    assert set(sent) >= set(ticks)
+    assert max(sent.values()) == 1, "a beat sent a tick another had sent"
+    survivor = next(b for b in beats[:2] if b is not leader)
     took_over = re.search(
         r"(\d\d:\d\d:\d\d,\d+) INFO +jsqueue.beat: beat \S+ is the leader", survivor.output()
     )
@@ -231,3 +242,30 @@ def test_beat_without_entries_says_so(nats_server: NatsServer) -> None:
     )
     assert out.returncode == 1
     assert "has no periodic entries" in out.stderr
+
+
+async def test_run_beat_and_run_worker_embedded_in_your_own_process(beat_app: App) -> None:
+    seen: list[str] = []
+    twice = asyncio.Event()
+
+    @beat_app.task(ignore_result=True)
+    async def tick() -> None:  # on the loop: asyncio.Event is not for threads
+        seen.append(current_job().id)
+        if len(seen) >= 2:
+            twice.set()
+
+    beat_app.add_periodic(tick.s(), every=1, name="embedded")
+    async with beat_app:
+        beat = asyncio.create_task(jsqueue.run_beat(beat_app, lease_ttl=2))
+        worker = asyncio.create_task(jsqueue.run_worker(beat_app, concurrency=4))
+        try:
+            await asyncio.wait_for(twice.wait(), 15)
+        finally:
+            for running in (beat, worker):
+                running.cancel()
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(beat, worker, return_exceptions=True), 15
+            )
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+    assert all(re.fullmatch(r"beat\.embedded\.\d+", job_id) for job_id in seen), seen
+    assert len(set(seen)) == len(seen)

@@ -1,6 +1,7 @@
 """chain, group and chord on a real server; a chord under repeated SIGKILL of its workers."""
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import AsyncIterator
@@ -8,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from jsqueue import App, GroupFailed, JobState, TaskFailed, chain, chord, group
+from jsqueue import (
+    App,
+    AsyncResult,
+    ConfigError,
+    GroupFailed,
+    JobState,
+    TaskFailed,
+    chain,
+    chord,
+    group,
+)
 from jsqueue.server import NatsServer
 from jsqueue.testing import Process, burst, destroy, running_worker
 
@@ -140,6 +151,49 @@ async def test_signature_options_route_and_delay(math_app: App) -> None:
     assert info["started"] - info["finished"] <= 0
 
 
+async def test_canvas_apply_async_options_and_sync_forms(math_app: App) -> None:
+    add, tsum = t(math_app, "add"), t(math_app, "tsum")
+    async with math_app:
+        grouped = await group(add.s(i, i) for i in range(3)).apply_async(queue="other")
+        pinned = await group(add.s(1, 1).set(queue="default"), add.s(2, 2)).apply_async(
+            queue="other"
+        )
+        started = time.monotonic()
+        chained = await chain(add.s(1), add.s(10)).apply_async(args=(1,), countdown=0.5)
+        named = await chord((add.s(i, 1) for i in range(3)), tsum.s()).apply_async(
+            job_id="chord-7", queue="other"
+        )
+        with pytest.raises(ConfigError, match="job_id= names one job"):
+            await group(add.s(1, 1)).apply_async(job_id="x")
+        # only "other" is consumed first: members routed there run, "default" waits
+        other_only = await burst(math_app, queues=["other"])
+        assert other_only.succeeded == 3 + 1 + 3
+        assert await grouped.get(timeout=5) == [0, 2, 4]
+        assert named.id == "chord-7"
+        async with running_worker(math_app, queues=["other", "default"]):
+            assert await named.get(timeout=10) == 6  # 1 + 2 + 3
+            assert await pinned.get(timeout=10) == [2, 4]
+            assert await chained.get(timeout=10) == 12
+            assert time.monotonic() - started >= 0.45  # the first step waited its countdown
+
+    # the same from code without an event loop (a thread here)
+    def sync_code() -> tuple[list[int], int, int, int]:
+        g = group(add.s(5, 5), add.s(6, 6)).apply_async_sync(queue="other")
+        c = chain(add.s(1, 1), add.s(1)).apply_async_sync()
+        d = chord([add.s(1, 1)], tsum.s()).apply_async_sync(job_id="chord-sync")
+        s = add.s(3).apply_async_sync(args=(4,))
+        return (
+            g.get_sync(timeout=10),
+            c.get_sync(timeout=10),
+            d.get_sync(timeout=10),
+            s.get_sync(timeout=10),
+        )
+
+    async with running_worker(math_app, queues=["other", "default"]):
+        assert await asyncio.to_thread(sync_code) == ([10, 12], 3, 2, 7)
+    math_app.close_sync()
+
+
 async def test_large_group_enqueues_pipelined(math_app: App) -> None:
     add = t(math_app, "add")
     async with math_app:
@@ -254,3 +308,46 @@ async def test_a_claim_left_by_a_crash_is_completed_by_the_same_member_once(math
     assert calls == [[10, 20]]
     assert claim is not None
     assert b'"published"' in claim.value
+
+
+async def test_a_claimer_that_fails_on_redelivery_still_sends_the_callback(math_app: App) -> None:
+    """The claimer died before publishing, and its redelivery then failed for good: every member
+    had succeeded, so the callback is sent once instead of the chord hanging."""
+    from jsqueue import chords
+    from jsqueue.producer import build_envelope, send
+
+    calls = []
+
+    @math_app.task(name="cb")
+    async def cb(values: list[int]) -> int:
+        calls.append(values)
+        return sum(values)
+
+    @math_app.task(name="second_run_fails")
+    async def second_run_fails() -> int:
+        raise ValueError("not this time")
+
+    async with math_app:
+        await chords.start_chord(math_app, "stranded", 2, cb.s().to_dict())
+        store = await (await math_app.broker()).kv("chords", ttl=60)
+        await store.create("stranded.m.0", b'{"r": 10}')
+        # member 1 succeeded, recorded its result and its claim, then its worker died ...
+        last = build_envelope(
+            math_app.settings,
+            "second_run_fails",
+            queue="default",
+            serializer="json",
+            chord={"id": "stranded", "index": 1, "size": 2},
+        )
+        await store.create("stranded.m.1", b'{"r": 20}')
+        claim = {"state": "claimed", "member": last.id, "at": 0}
+        await store.create("stranded.claim", json.dumps(claim).encode())
+        # ... and its redelivery raises, which dead-letters it
+        await send(await math_app.broker(), last)
+        await burst(math_app)
+        await burst(math_app)  # the callback the failing member sent
+        assert await AsyncResult(math_app, "stranded").get(timeout=5) == 30
+        entry = await store.get("stranded.claim")
+    assert calls == [[10, 20]]
+    assert entry is not None
+    assert json.loads(entry.value)["state"] == "published"

@@ -39,7 +39,7 @@ async def test_countdowns_run_on_time_never_early(jsq_app: App) -> None:
         assert status["default"].scheduled > 100  # waiting on the server, not in the worker
         await asyncio.wait_for(all_done.wait(), 20)
     lateness.sort()
-    assert lateness[0] >= -0.005, f"a job ran {-lateness[0]:.3f}s early"
+    assert lateness[0] >= 0, f"a job ran {-lateness[0] * 1000:.1f} ms early"
     p50, p99 = lateness[100], lateness[197]
     assert p99 < 1.0
     print(f"countdown lateness over 200 jobs: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -82,7 +83,10 @@ async def test_list_show_replay_purge(
     assert shown.returncode == 0
     detail = json.loads(shown.stdout)
     assert detail["job_id"] == "bad-1"
-    assert "Traceback" in detail["traceback"] or detail["error_type"] == "ArgumentsError"
+    assert detail["error_type"] == "ArgumentsError"
+    assert "Traceback" in detail["traceback"]
+    assert detail["worker"]
+    assert abs(detail["time"] - time.time()) < 60
     assert json.loads(detail["payload"])["args"] == ["not", "ok"]
 
     missing = jsqueue(jsq_prefix, url, "dlq", "show", "nope")
@@ -101,9 +105,13 @@ async def test_list_show_replay_purge(
         assert doc["replay_of"] == "bad-1"
         assert doc["id"].startswith("bad-1.r")
 
-    undecodable = jsqueue(jsq_prefix, url, "dlq", "replay", "--all")
-    assert undecodable.returncode == 1
-    assert "cannot be replayed: its payload is not a job" in undecodable.stderr
+    every = jsqueue(jsq_prefix, url, "dlq", "replay", "--all")
+    assert every.returncode == 1  # the undecodable letter cannot be replayed ...
+    assert "cannot be replayed: its payload is not a job" in every.stderr
+    assert "1 dead letter(s) not replayed (kept)" in every.stderr
+    assert "replayed 1 job(s)" in every.stdout  # ... and does not stop bad-2's replay
+    left = json.loads(jsqueue(jsq_prefix, url, "dlq", "list", "--json").stdout)
+    assert [d["reason"] for d in left] == ["undecodable"]
 
     refused = jsqueue(jsq_prefix, url, "dlq", "purge", stdin="n\n")
     assert refused.returncode == 1

@@ -67,6 +67,15 @@ def test_readme_commands_are_what_ci_runs() -> None:
     assert ci.stdout.strip() == test.group(1)
 
 
+def test_readme_benchmark_table_is_the_latest_run() -> None:
+    latest = (ROOT / "bench" / "results" / "latest.md").read_text()
+    table = [line for line in latest.splitlines() if line.startswith("|")]
+    shown = README.split("<!-- bench:table -->\n", 1)[1].splitlines()[: len(table)]
+    assert len(table) > 3  # heading, rule and at least jsqueue and one peer
+    assert shown == table, "README's benchmark table differs from bench/results/latest.md"
+    assert (ROOT / "bench" / "results" / "latest.png").stat().st_size > 10_000
+
+
 def test_readme_tour_runs(own_server: NatsServer) -> None:
     blocks = re.findall(r"<!-- readme:tour -->\n```python\n(.*?)```", README, re.S)
     assert len(blocks) >= 3

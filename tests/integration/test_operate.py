@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jsqueue import App
+from jsqueue.producer import build_envelope, send
 from jsqueue.registry import REGISTRY_TTL
 from jsqueue.server import NatsServer
 from jsqueue.status import workers
@@ -149,16 +150,56 @@ async def test_status_with_a_monitoring_url_reads_cluster_and_fsync(
 def test_unreachable_server_and_wrong_credentials_are_one_line(
     tmp_path: Path, jsq_prefix: str
 ) -> None:
-    out = jsqueue(jsq_prefix, f"nats://127.0.0.1:{free_port()}", "status")
-    assert out.returncode == 1
-    assert len(out.stderr.strip().splitlines()) == 1
-    assert "cannot reach NATS" in out.stderr
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    for command in (
+        ["status"],
+        ["inspect", "workers"],
+        ["inspect", "job", "some-id"],
+        ["purge", "default", "--yes"],
+        ["events"],
+        ["dlq", "list"],
+    ):
+        out = jsqueue(jsq_prefix, nowhere, *command)
+        assert out.returncode == 1, (command, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, (command, out.stderr)
+        assert "cannot reach NATS" in out.stderr
     with NatsServer(store_dir=tmp_path, extra_args=["--user", "a", "--pass", "b"]) as server:
         wrong = jsqueue(jsq_prefix, f"nats://a:nope@127.0.0.1:{server.port}", "inspect", "workers")
     assert wrong.returncode == 1
     assert len(wrong.stderr.strip().splitlines()) == 1
     assert "refused the credentials" in wrong.stderr
     assert "nope" not in wrong.stderr
+
+
+async def test_commands_without_an_app_take_the_url_alone(tmp_path: Path) -> None:
+    with NatsServer(store_dir=tmp_path) as server:
+        app = App("producer", url=server.url)  # the default prefix, as --url alone assumes
+
+        @app.task(name="notify")
+        async def notify(who: str) -> None: ...
+
+        async with app:
+            await notify.apply_async(args=("a",), queue="mail")
+            await notify.apply_async(args=("b",), queue="mail")
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "jsqueue", *args, "--url", server.url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={k: v for k, v in os.environ.items() if k != "JSQUEUE_APP"},
+            )
+
+        status = run("status", "--json")
+        assert status.returncode == 0, status.stderr
+        mail = next(q for q in json.loads(status.stdout)["queues"] if q["queue"] == "mail")
+        assert mail["ready"] == 2
+        purged = run("purge", "mail", "--yes")
+        assert "removed 2" in purged.stdout
+        worker = run("worker")
+        assert worker.returncode == 2
+        assert "pass -A module:app" in worker.stderr
 
 
 async def test_registry_lists_a_worker_and_forgets_it(
@@ -273,40 +314,72 @@ async def test_purge_asks_counts_and_refuses_unknown_queues(
 async def test_events_tail_every_lifecycle_step(
     faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
 ) -> None:
-    tail = Process.jsqueue(
-        "events",
-        "-A",
-        "tests.apps.faulty:app",
-        "--url",
-        nats_server.url,
-        env={"JSQ_TEST_PREFIX": jsq_prefix},
-        cwd=ROOT,
-        log_dir=tmp_path,
-        name="events",
-    )
-    quick, slow = faulty.tasks["tests.apps.faulty.quick"], faulty.tasks["tests.apps.faulty.slow"]
+    def tail(*options: str) -> Process:
+        return Process.jsqueue(
+            "events",
+            "-A",
+            "tests.apps.faulty:app",
+            "--url",
+            nats_server.url,
+            *options,
+            env={"JSQ_TEST_PREFIX": jsq_prefix, "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+            log_dir=tmp_path,
+            name="events" + "".join(options).replace(".", "_"),
+        )
+
+    tasks = faulty.tasks
+    quick, flaky = tasks["tests.apps.faulty.quick"], tasks["tests.apps.faulty.flaky"]
     faulty.configure(url=nats_server.url, events=True)
-    with tail:
-        deadline = time.monotonic() + 20
-        while "listening for events" not in tail.output():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+    with tail("-Q", "default") as default, tail("--task", flaky.name, "--json") as flaky_only:
+        for proc in (default, flaky_only):
+            await wait_for_text(proc, "listening for events")
         async with faulty:
-            await quick.delay(1)
-            await slow.delay("not a number", str(tmp_path))  # raises inside: dead-lettered
+            await quick.starmap([(1,), (2,)])  # the bulk path publishes events too
+            await quick.apply_async(args=(3,), queue="other")  # not for the -Q default tail
+            await flaky.delay(1)  # fails, is retried once, then fails for good
+            # wrong arguments, past the producer's check: dead-lettered without starting
+            wrong = build_envelope(
+                faulty.settings, quick.name, ("a", "b"), queue="default", serializer="json"
+            )
+            await send(await faulty.broker(), wrong)
             await burst(faulty)
-            await asyncio.sleep(0.3)  # core NATS events in flight to the tail
-        tail.signal(signal.SIGINT)
-        tail.wait(10)
-    lines = tail.output().splitlines()
-    kinds = [line.split()[1] for line in lines if "[" in line]
-    assert kinds.count("enqueued") == 2
-    assert kinds.count("started") == 2
-    assert "succeeded" in kinds
-    assert "failed" in kinds
+        await wait_for_text(default, " dead_lettered ")
+        await wait_for_text(default, " failed ")
+        await wait_for_text(flaky_only, '"failed"')
+        for proc in (default, flaky_only):
+            proc.signal(signal.SIGINT)
+            proc.wait(10)
+    lines = [line for line in default.output().splitlines() if "[" in line]
+    kinds = [line.split()[1] for line in lines]
+    assert sorted(kinds) == sorted(
+        ["enqueued"] * 4
+        + ["started"] * 4
+        + ["succeeded"] * 2
+        + ["retried", "failed", "dead_lettered"]
+    ), lines
+    assert not any("queue=other" in line for line in lines)
     succeeded = next(line for line in lines if " succeeded " in line)
     assert "tests.apps.faulty.quick[" in succeeded
     assert "took=" in succeeded
+    retried = next(line for line in lines if " retried " in line)
+    assert "retry_in=0.2s" in retried
+    assert "ValueError: flaky 1 failed" in retried
+    dead = next(line for line in lines if " dead_lettered " in line)
+    assert f"[{wrong.id}]" in dead
+    assert "ArgumentsError" in dead
+    docs = [json.loads(line) for line in flaky_only.output().splitlines() if line.startswith("{")]
+    assert [d["kind"] for d in docs] == ["enqueued", "started", "retried", "started", "failed"]
+    assert {d["task"] for d in docs} == {flaky.name}
+    assert docs[2]["delay"] == 0.2
+    assert docs[3]["attempt"] == 2
+
+
+async def wait_for_text(proc: Process, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.output():
+        assert time.monotonic() < deadline, f"{text!r} not in {proc.output()[-2000:]}"
+        await asyncio.sleep(0.05)
 
 
 async def test_events_off_publish_nothing(faulty: App) -> None:
@@ -335,15 +408,23 @@ async def test_metrics_endpoint_after_jobs(
     async with faulty:
         await quick.starmap([(i,) for i in range(5)])
         await slow.delay("bad", str(tmp_path))
+        # wrong arguments, past the producer's check: dead-lettered without ever starting
+        wrong = build_envelope(
+            faulty.settings, quick.name, ("a", "b"), queue="default", serializer="json"
+        )
+        await send(await faulty.broker(), wrong)
         with worker_process(
             nats_server.url, jsq_prefix, tmp_path, "--metrics-port", str(port)
         ) as worker:
             deadline = time.monotonic() + 20
             text = ""
-            while (
-                'jsqueue_jobs_succeeded_total{queue="default",task="tests.apps.faulty.quick"} 5.0'
-                not in text
-            ):
+            quick_label = '{queue="default",task="tests.apps.faulty.quick"}'
+            done = (
+                f"jsqueue_jobs_succeeded_total{quick_label} 5.0",
+                f"jsqueue_jobs_dead_lettered_total{quick_label} 1.0",
+                'jsqueue_jobs_failed_total{queue="default",task="tests.apps.faulty.slow"} 1.0',
+            )
+            while not all(line in text for line in done):
                 assert time.monotonic() < deadline, text[-2000:]
                 await asyncio.sleep(0.2)
                 try:
@@ -360,7 +441,7 @@ async def test_metrics_endpoint_after_jobs(
     assert 'jsqueue_jobs_started_total{queue="default",task="tests.apps.faulty.quick"} 5.0' in text
     assert 'jsqueue_jobs_failed_total{queue="default",task="tests.apps.faulty.slow"} 1.0' in text
     assert 'jsqueue_job_duration_seconds_count{task="tests.apps.faulty.quick"} 5.0' in text
-    assert 'jsqueue_jobs_running{queue="default"} 0.0' in text
+    assert 'jsqueue_jobs_running{queue="default"} 0.0' in text  # never below 0
     assert "jsqueue_queue_ready" in text
 
 

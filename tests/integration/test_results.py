@@ -7,7 +7,15 @@ import time
 import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
-from jsqueue import App, AsyncResult, JobState, ResultTimeout, RetryPolicy, TaskFailed
+from jsqueue import (
+    App,
+    AsyncResult,
+    JobState,
+    ResultTimeout,
+    RetryPolicy,
+    TaskFailed,
+    current_job,
+)
 from jsqueue.server import NatsServer
 from jsqueue.testing import burst, destroy, running_worker, wait_state
 
@@ -157,6 +165,63 @@ async def test_result_ttl_is_the_bucket_ttl(nats_server: NatsServer, jsq_prefix:
             backend = await app.result_backend()
             info = await (await app.broker()).stream_info(backend.store.stream)
             assert info.config.max_age == 3600
+    finally:
+        await destroy(app)
+
+
+async def test_defaults_one_day_results_and_app_wide_settings(
+    nats_server: NatsServer, jsq_prefix: str
+) -> None:
+    app = App(
+        "defaults",
+        url=nats_server.url,
+        prefix=jsq_prefix,
+        track_started=True,  # app-wide, as in Celery
+        default_retry=RetryPolicy(stop=stop_after_attempt(3), wait=wait_fixed(0.05)),
+    )
+    attempts: list[int] = []
+    seen_state: list[JobState] = []
+
+    @app.task
+    async def flaky() -> str:
+        seen_state.append(await AsyncResult(app, current_job().id).state())
+        attempts.append(current_job().attempt)
+        if len(attempts) < 3:
+            raise ConnectionError("try again")
+        return "third time"
+
+    try:
+        async with app:
+            backend = await app.result_backend()
+            info = await (await app.broker()).stream_info(backend.store.stream)
+            assert info.config.max_age == 24 * 3600  # result_ttl's default: one day
+            job = await flaky.delay()
+            await burst(app)
+            assert await job.get(timeout=5) == "third time"
+        assert attempts == [1, 2, 3]  # default_retry applies to tasks without their own
+        assert seen_state[0] is JobState.STARTED
+        assert seen_state[1:] == [JobState.STARTED, JobState.STARTED]
+    finally:
+        await destroy(app)
+
+
+async def test_cloudpickle_return_values_round_trip(
+    nats_server: NatsServer, jsq_prefix: str
+) -> None:
+    app = App("pickled", url=nats_server.url, prefix=jsq_prefix, secret_key="k" * 32)
+
+    @app.task(serializer="cloudpickle")
+    async def make_set(n: int) -> frozenset[int]:
+        return frozenset(range(n))  # not JSON
+
+    try:
+        async with app:
+            job = await make_set.delay(3)
+            await burst(app)
+            assert await job.get(timeout=5) == frozenset({0, 1, 2})
+            raw = await (await app.result_backend()).store.get(job.id)
+            assert raw is not None
+            assert b"frozenset" not in raw.value  # stored pickled and signed, not as text
     finally:
         await destroy(app)
 

@@ -5,14 +5,18 @@ import base64
 import contextlib
 import itertools
 import json
+import threading
 import time
 
 import pytest
 from tenacity import retry_if_exception_type, stop_after_attempt, wait_fixed
 
+import jsqueue
 from jsqueue import App, JobState, Reject, Retry, RetryPolicy, TaskFailed, current_job
 from jsqueue import dlq as dead_letters
+from jsqueue.errors import ConfigError
 from jsqueue.testing import burst, running_worker, wait_state
+from jsqueue.worker import Worker
 
 
 async def dead(app: App) -> list[dead_letters.DeadLetter]:
@@ -287,6 +291,7 @@ async def test_unserializable_result_fails_without_retry(jsq_app: App) -> None:
         await burst(jsq_app)
         with pytest.raises(TaskFailed, match="SerializeError"):
             await job.get(timeout=5)
+        assert await job.state() is JobState.FAILURE
     assert calls == [1]
 
 
@@ -304,6 +309,25 @@ async def test_time_limit_cancels_an_overrunning_coroutine(jsq_app: App) -> None
     assert time.monotonic() - started < 5
 
 
+async def test_a_tasks_own_timeout_is_not_its_time_limit(jsq_app: App) -> None:
+    retry = RetryPolicy(
+        stop=stop_after_attempt(2),
+        wait=wait_fixed(0.05),
+        retry=retry_if_exception_type(TimeoutError),
+    )
+
+    @jsq_app.task(time_limit=10, retry=retry)
+    async def calls_upstream() -> None:
+        raise TimeoutError("upstream did not answer")
+
+    async with jsq_app:
+        job = await calls_upstream.delay()
+        await burst(jsq_app)
+        with pytest.raises(TaskFailed, match="TimeoutError: upstream did not answer"):
+            await job.get(timeout=5)
+        assert (await job.info())["attempts"] == 2  # retried by its policy, as a TimeoutError
+
+
 def test_time_limit_on_a_thread_task_is_refused() -> None:
     from jsqueue import ConfigError
 
@@ -312,6 +336,76 @@ def test_time_limit_on_a_thread_task_is_refused() -> None:
 
         @app.task(time_limit=1)
         def blocking() -> None: ...
+
+
+async def test_run_worker_in_burst_mode_returns_its_stats(jsq_app: App) -> None:
+    @jsq_app.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async with jsq_app:
+        jobs = await double.map(range(5))
+        stats = await jsqueue.run_worker(jsq_app, concurrency=2, burst=True)
+        assert [await job.get(timeout=5) for job in jobs] == [0, 2, 4, 6, 8]
+    assert stats.succeeded == 5
+    assert stats.processed == 5
+
+
+async def test_a_cancelled_run_worker_gives_its_jobs_back_at_once(jsq_app: App) -> None:
+    started = asyncio.Event()
+    attempts: list[int] = []
+
+    @jsq_app.task
+    async def long_job() -> str:
+        attempts.append(current_job().attempt)
+        started.set()
+        if current_job().attempt == 1:
+            await asyncio.sleep(60)
+        return "done"
+
+    async with jsq_app:
+        job = await long_job.delay()
+        running = asyncio.create_task(jsqueue.run_worker(jsq_app, concurrency=2))
+        await asyncio.wait_for(started.wait(), 10)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, 10)
+        given_back = time.monotonic()
+        await burst(jsq_app)  # ack_wait is 30 s: only a nak brings it back this soon
+        assert await job.get(timeout=5) == "done"
+    assert attempts == [1, 2]
+    assert time.monotonic() - given_back < 10
+
+
+def test_concurrency_below_the_queue_count_is_refused() -> None:
+    app = App("t")
+    with pytest.raises(ConfigError, match="concurrency 1 is less than the 2 queue"):
+        Worker(app, queues=["a", "b"], concurrency=1)
+    with pytest.raises(ConfigError, match="concurrency 0"):
+        Worker(app, concurrency=0)
+
+
+async def test_thread_tasks_are_bounded_by_concurrency(jsq_app: App) -> None:
+    lock = threading.Lock()
+    now = peak = 0
+
+    @jsq_app.task
+    def blocking(i: int) -> int:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        time.sleep(0.05)
+        with lock:
+            now -= 1
+        return i
+
+    async with jsq_app:
+        jobs = await blocking.map(range(12))
+        stats = await burst(jsq_app, concurrency=3)
+        assert [await job.get(timeout=5) for job in jobs] == list(range(12))
+    assert stats.succeeded == 12
+    assert peak == 3
 
 
 async def test_never_more_jobs_than_free_slots(jsq_app: App) -> None:
