@@ -313,6 +313,9 @@ class JobRunner:
     async def _skip(self, delivery: Delivery, env: Envelope, state: JobState, why: str) -> None:
         record = state_record(state, task=env.task, worker=self.id, finished=time.time(), why=why)
         await self.results.write_final(env.id, record)
+        if has_followers(env):  # a chain cannot go on, a chord cannot complete without it
+            reason = {"type": state.value.title(), "message": f"job {env.id} {why}"}
+            await after_failure(self.app, env, {**reason, "traceback": ""})
         await delivery.ack()
         self.stats.skipped += 1
         self._log(env, delivery, f"skipped: {why}", time.monotonic())

@@ -351,3 +351,24 @@ async def test_a_claimer_that_fails_on_redelivery_still_sends_the_callback(math_
     assert calls == [[10, 20]]
     assert entry is not None
     assert json.loads(entry.value)["state"] == "published"
+
+
+async def test_an_expired_member_fails_the_chord_and_stops_the_chain(math_app: App) -> None:
+    add, tsum = t(math_app, "add"), t(math_app, "tsum")
+    calls = []
+
+    @math_app.task(name="after_expired")
+    async def after_expired(x: int) -> None:
+        calls.append(x)
+
+    async with math_app:
+        stale = add.s(2, 2).set(expires=0.05)
+        handle = await chord([add.s(1, 1), stale], tsum.s()).delay()
+        stopped = await chain(add.s(1, 1).set(expires=0.05), after_expired.s()).delay()
+        await asyncio.sleep(0.1)  # past their expiry before any worker picks them up
+        await burst(math_app)
+        with pytest.raises(TaskFailed, match=r"Expired: chord member 1 .* expired before it could"):
+            await handle.get(timeout=5)
+        with pytest.raises(TaskFailed, match="expired before it could run"):
+            await stopped.get(timeout=5)
+    assert calls == []

@@ -160,7 +160,8 @@ async def test_token_in_the_url(tmp_path: Path, jsq_prefix: str) -> None:
         assert "wrong-token" not in str(info.value)
 
 
-async def test_tls_with_a_ca_file(tmp_path: Path, jsq_prefix: str) -> None:
+async def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1 (also usable as its own CA)."""
     import subprocess
 
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
@@ -187,6 +188,11 @@ async def test_tls_with_a_ca_file(tmp_path: Path, jsq_prefix: str) -> None:
         check=True,
         capture_output=True,
     )
+    return key, cert
+
+
+async def test_tls_with_a_ca_file(tmp_path: Path, jsq_prefix: str) -> None:
+    key, cert = await self_signed(tmp_path)
     args = ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
     with NatsServer(store_dir=tmp_path / "s", extra_args=args) as srv:
         url = f"tls://127.0.0.1:{srv.port}"
@@ -198,3 +204,26 @@ async def test_tls_with_a_ca_file(tmp_path: Path, jsq_prefix: str) -> None:
         with pytest.raises(ConnectError, match=r"TLS with NATS at tls://127\.0\.0\.1:\d+ failed"):
             await untrusted.connect()
         assert time.monotonic() - started < 30
+
+
+async def test_tls_with_a_client_certificate(tmp_path: Path, jsq_prefix: str) -> None:
+    key, cert = await self_signed(tmp_path)
+    args = ["--tlsverify", "--tlscert", str(cert), "--tlskey", str(key), "--tlscacert", str(cert)]
+    with NatsServer(store_dir=tmp_path / "s", extra_args=args) as srv:
+        url = f"tls://127.0.0.1:{srv.port}"
+        mutual = App(
+            "mtls",
+            url=url,
+            prefix=jsq_prefix,
+            tls_ca_file=str(cert),
+            tls_cert_file=str(cert),
+            tls_key_file=str(key),
+        )
+        async with mutual:
+            assert (await mutual.broker()).is_connected
+        without_cert = App("mtls", url=url, prefix=jsq_prefix, tls_ca_file=str(cert))
+        with pytest.raises(
+            ConnectError, match=r"TLS with NATS at .*certificate required.*tls_cert"
+        ):
+            await without_cert.connect()
+        await without_cert.close()
