@@ -53,3 +53,9 @@ async def quick(i: int) -> int:
 async def flaky(i: int) -> int:
     """Fail every time: one retry, then the dead-letter stream."""
     raise ValueError(f"flaky {i} failed")
+
+
+@app.task(queue="stubborn", retry=RetryPolicy(stop=stop_after_attempt(3), wait=wait_fixed(3600)))
+async def stubborn() -> None:
+    """Fail, and wait an hour before the next attempt: a job that stays RETRYING."""
+    raise ValueError("not now")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from jsqueue import App
+from jsqueue import App, JobState
 from jsqueue.producer import build_envelope, send
 from jsqueue.registry import REGISTRY_TTL
 from jsqueue.server import NatsServer
 from jsqueue.status import workers
-from jsqueue.testing import Process, burst, destroy, running_worker
+from jsqueue.testing import Process, burst, destroy, running_worker, wait_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,6 +86,9 @@ async def test_status_counts_every_kind_of_job(
         broker = await faulty.broker()
         await broker.publish(faulty.settings.queue_subject("other"), b"poison")
         await burst(faulty, queues=["other"])
+        waiting = await faulty.tasks["tests.apps.faulty.stubborn"].delay()
+        async with running_worker(faulty, queues=["stubborn"]):
+            await wait_state(waiting, JobState.RETRY)  # nak'd for an hour
         with worker_process(nats_server.url, jsq_prefix, tmp_path, "-c", "1") as worker:
             deadline = time.monotonic() + 20
             while not (tmp_path / f"{running.id}.start").exists():
@@ -108,6 +111,7 @@ async def test_status_counts_every_kind_of_job(
     )
     assert 0 <= default["oldest_ready_age"] < 60
     assert queues["other"]["dead"] == 1
+    assert (queues["stubborn"]["retrying"], queues["stubborn"]["running"]) == (1, 0)
     assert table.stdout.splitlines()[0].split() == [
         "QUEUE",
         "READY",
