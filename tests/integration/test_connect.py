@@ -1,7 +1,6 @@
 """Connecting: fail fast with one line, refuse unsuitable servers, provision idempotently."""
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
@@ -11,11 +10,7 @@ from nats.js import api as js_api
 from jsqueue import App, ConnectError, ProvisionError
 from jsqueue.server import NatsServer
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .support import free_port
 
 
 async def test_unreachable_url_fails_fast_naming_it() -> None:

@@ -1,49 +1,13 @@
 """`jsqueue dlq list|show|replay|purge` against a real server, through the CLI."""
 
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from jsqueue import App
 from jsqueue.server import NatsServer
-from jsqueue.testing import burst, destroy
+from jsqueue.testing import burst
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def faulty(
-    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[App]:
-    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
-    import importlib
-
-    import tests.apps.faulty as module
-
-    app = importlib.reload(module).app
-    app.configure(url=nats_server.url)
-    try:
-        yield app
-    finally:
-        await destroy(app)
-
-
-def jsqueue(prefix: str, url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jsqueue", *args, "-A", "tests.apps.faulty:app", "--url", url],
-        cwd=ROOT,
-        env={**os.environ, "JSQ_TEST_PREFIX": prefix},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from .support import jsqueue
 
 
 async def make_dead_letters(app: App) -> list[str]:

@@ -15,7 +15,8 @@ import pytest
 from jsqueue.server import NatsServer
 from jsqueue.testing import Process
 
-ROOT = Path(__file__).resolve().parents[2]
+from .support import ROOT, free_port
+
 README = (ROOT / "README.md").read_text()
 pytestmark = pytest.mark.slow
 
@@ -41,12 +42,6 @@ def wait_for_output(proc: Process, pattern: str, timeout: float) -> str:
             break
         time.sleep(0.05)
     raise AssertionError(f"no {pattern!r} in output:\n{proc.output()[-3000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_readme_commands_are_what_ci_runs() -> None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,57 +20,7 @@ from jsqueue.server import NatsServer
 from jsqueue.status import workers
 from jsqueue.testing import Process, burst, destroy, running_worker, wait_state
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def faulty(
-    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[App]:
-    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
-    import importlib
-
-    import tests.apps.faulty as module
-
-    app = importlib.reload(module).app
-    app.configure(url=nats_server.url)
-    try:
-        yield app
-    finally:
-        await destroy(app)
-
-
-def jsqueue(prefix: str, url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jsqueue", *args, "-A", "tests.apps.faulty:app", "--url", url],
-        cwd=ROOT,
-        env={**os.environ, "JSQ_TEST_PREFIX": prefix},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def worker_process(url: str, prefix: str, tmp: Path, *args: str) -> Process:
-    return Process.jsqueue(
-        "worker",
-        "-A",
-        "tests.apps.faulty:app",
-        "--url",
-        url,
-        *args,
-        env={"JSQ_TEST_PREFIX": prefix},
-        cwd=ROOT,
-        log_dir=tmp,
-        name="worker",
-    )
+from .support import ROOT, free_port, jsqueue, worker_process
 
 
 async def test_status_counts_every_kind_of_job(

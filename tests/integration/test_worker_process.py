@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,44 +13,11 @@ import pytest
 from jsqueue import App
 from jsqueue import dlq as dead_letters
 from jsqueue.server import NatsServer
-from jsqueue.testing import Process, destroy
+from jsqueue.testing import destroy
 
-ROOT = Path(__file__).resolve().parents[2]
+from .support import ROOT, worker_process
+
 pytestmark = pytest.mark.slow
-
-
-def worker_process(url: str, prefix: str, tmp: Path, *args: str, **env: str) -> Process:
-    return Process.jsqueue(
-        "worker",
-        "-A",
-        "tests.apps.faulty:app",
-        "--url",
-        url,
-        *args,
-        env={"JSQ_TEST_PREFIX": prefix, **env},
-        cwd=ROOT,
-        log_dir=tmp,
-        name="worker",
-    )
-
-
-@pytest.fixture
-async def faulty(
-    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[App]:
-    """The faulty app as the test process sees it (same prefix as its worker processes)."""
-    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
-    monkeypatch.syspath_prepend(str(ROOT))
-    import importlib
-
-    import tests.apps.faulty as module
-
-    module = importlib.reload(module)
-    module.app.configure(url=nats_server.url)
-    try:
-        yield module.app
-    finally:
-        await destroy(module.app)
 
 
 async def wait_for(predicate: object, timeout: float, what: str) -> None:

@@ -1,0 +1,31 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from jsqueue import App
+from jsqueue.server import NatsServer
+from jsqueue.testing import destroy
+
+from .support import ROOT
+
+
+@pytest.fixture
+async def faulty(
+    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[App]:
+    """The faulty app as the test process sees it (same prefix as its worker processes)."""
+    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
+    monkeypatch.syspath_prepend(str(ROOT))
+    import tests.apps.faulty as module
+
+    module = importlib.reload(module)
+    module.app.configure(url=nats_server.url)
+    try:
+        yield module.app
+    finally:
+        await destroy(module.app)
