@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -38,6 +39,8 @@ from jsqueue.streams import NOT_READY, OWNER_KEY, StreamAdmin
 
 log = logging.getLogger("jsqueue.broker")
 
+#: The subject in nats-py's text of a refused publish: 'permissions violation for publish to "x"'.
+_REFUSED_PUBLISH = re.compile(r'publish to "([^"]+)"')
 #: Pipelined publishes awaiting their ack at most, in one bulk call.
 _MAX_IN_FLIGHT = 20_000
 # Publishes are retried on these (with the same Msg-Id, so a retry never stores a job twice).
@@ -264,6 +267,16 @@ class Broker(StreamAdmin):
             self._auth_error = exc
         if "ermissions violation" in str(exc):
             self._refused = str(exc).removeprefix("nats: ")
+            refused = _REFUSED_PUBLISH.search(self._refused)
+            if refused and self._publisher is not None:
+                self._publisher.refuse(
+                    refused.group(1),
+                    PublishError(
+                        f"NATS at {self.url} refused publishing to {refused.group(1)}: "
+                        f"{self._refused}; this user lacks the permission (the README lists "
+                        "what each role needs)"
+                    ),
+                )
         if self._nc is None:
             return  # still connecting: the ConnectError will say it
         if not self._outage:
@@ -449,6 +462,8 @@ class Broker(StreamAdmin):
                 error = future.exception()
                 if error is None:
                     continue
+                if isinstance(error, PublishError):  # refused: retrying cannot help
+                    raise error
                 if isinstance(error, nats.js.errors.APIError) and not isinstance(error, _RETRYABLE):
                     raise self._publish_error(subject, error) from None
             elif future is not None:

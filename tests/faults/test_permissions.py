@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jsqueue import App, AsyncResult, JobState, JsqueueError, dlq
+from jsqueue import App, AsyncResult, JobState, JsqueueError, PublishError, dlq
 from jsqueue.config import BUCKETS
 from jsqueue.server import NatsServer
 from jsqueue.testing import burst
@@ -53,6 +53,11 @@ def worker_permissions(prefix: str) -> str:
 
 async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix: str) -> None:
     config = tmp_path / "nats.conf"
+    # may enqueue to the default queue only
+    narrow = (
+        f'permissions: {{ publish: {{ allow: ["{jsq_prefix}.q.default", "$JS.API.INFO"] }}, '
+        'subscribe: { allow: ["_INBOX.>"] } }'
+    )
     config.write_text(
         f"""
         authorization {{
@@ -61,6 +66,7 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
             {{ user: producer, password: producer, {producer_permissions(jsq_prefix, False)} }}
             {{ user: reader, password: reader, {producer_permissions(jsq_prefix, True)} }}
             {{ user: worker, password: worker, {worker_permissions(jsq_prefix)} }}
+            {{ user: narrow, password: narrow, {narrow} }}
           ]
         }}
         """
@@ -79,7 +85,8 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
             request_timeout=1,
         )
         reader = App("r", url=f"nats://reader:reader@{host}", prefix=jsq_prefix, provision=False)
-        for app in (admin, producer, reader, worker):
+        limited = App("n", url=f"nats://narrow:narrow@{host}", prefix=jsq_prefix, provision=False)
+        for app in (admin, producer, reader, worker, limited):
 
             @app.task(name="add")
             async def add(x: int, y: int) -> int:
@@ -110,11 +117,20 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
                 assert letter is not None
                 assert letter.error_type == "ValueError", letter
                 assert await AsyncResult(worker, poison.id).state() == JobState.FAILURE
+            async with limited:
+                add = limited.tasks["add"]
+                assert await add.delay(1, 2) is not None
+                # refused by the server: said at once, naming the subject, not a time-out
+                refused = rf"refused publishing to {jsq_prefix}\.q\.other.*lacks the permission"
+                with pytest.raises(PublishError, match=refused):
+                    await add.apply_async(args=(1, 2), queue="other")
+                with pytest.raises(PublishError, match=refused):
+                    await add.starmap([(1, 2)], queue="other")
             async with reader:
                 assert await reader.tasks["add"].delay(4, 4) is not None
                 assert await reader.tasks["add"].delay(5, 5) is not None
                 assert await AsyncResult(reader, sent.id).get(timeout=5) == 5
         finally:
-            for app in (admin, producer, reader, worker):
+            for app in (admin, producer, reader, worker, limited):
                 await app.close()
                 app.close_sync()
