@@ -18,7 +18,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jsqueue.envelope import Envelope, pickle_value, to_json, unpickle_value
 from jsqueue.kvstore import KeyExists, KvStore
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from jsqueue.app import App
 
 log = logging.getLogger("jsqueue.chords")
+T = TypeVar("T")
 
 
 async def _store(app: App) -> KvStore:
@@ -36,11 +38,18 @@ async def _store(app: App) -> KvStore:
     return await broker.kv("chords", ttl=app.settings.result_ttl)
 
 
+async def _ride(app: App, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Chord bookkeeping rides out leader elections, as result writes do: a member whose
+    bookkeeping failed would be redelivered, and a long election would make it a crash loop."""
+    broker = await app.broker()
+    return await broker.riding_elections(operation, *args)
+
+
 async def start_chord(app: App, chord_id: str, size: int, callback: dict[str, Any]) -> None:
     """Record a chord before its members are sent."""
     store = await _store(app)
     meta = {"size": size, "callback": callback, "created": time.time()}
-    await store.put(f"{chord_id}.meta", json.dumps(meta).encode())
+    await _ride(app, store.put, f"{chord_id}.meta", json.dumps(meta).encode())
 
 
 async def member_succeeded(app: App, env: Envelope, value: Any) -> None:
@@ -55,16 +64,18 @@ async def member_succeeded(app: App, env: Envelope, value: Any) -> None:
         doc = {"r": value}
     # A redelivery of this member finds its key there: its result is counted once.
     with contextlib.suppress(KeyExists):
-        await store.create(key, to_json(doc, what=f"the result of chord member {index}"))
+        await _ride(
+            app, store.create, key, to_json(doc, what=f"the result of chord member {index}")
+        )
     pattern = f"{chord_id}.m.*"
-    if await store.count_keys(pattern) < size:
+    if await _ride(app, store.count_keys, pattern) < size:
         return
     claim_key = f"{chord_id}.claim"
     claim = {"state": "claimed", "member": env.id, "at": time.time()}
     try:
-        revision = await store.create(claim_key, json.dumps(claim).encode())
-    except KeyExists:
-        entry = await store.get(claim_key)
+        revision = await _ride(app, store.create, claim_key, json.dumps(claim).encode())
+    except KeyExists:  # also our own create, if its first answer was lost in an election
+        entry = await _ride(app, store.get, claim_key)
         if entry is None:
             return
         current = json.loads(entry.value)
@@ -81,22 +92,22 @@ async def _publish_claimed(
     await _send_callback(app, store, chord_id, size)
     claim.update(state="published", published=time.time())
     try:
-        await store.update(f"{chord_id}.claim", json.dumps(claim).encode(), last=revision)
+        await _ride(app, store.update, f"{chord_id}.claim", json.dumps(claim).encode(), revision)
     except KeyExists:
         log.warning("claim of chord %s changed under us", chord_id)
-    await store.forget_count(f"{chord_id}.m.*")
+    await _ride(app, store.forget_count, f"{chord_id}.m.*")
 
 
 async def _send_callback(app: App, store: KvStore, chord_id: str, size: int) -> None:
     from jsqueue.canvas import Signature
 
-    meta_entry = await store.get(f"{chord_id}.meta")
+    meta_entry = await _ride(app, store.get, f"{chord_id}.meta")
     if meta_entry is None:
         raise RuntimeError(f"chord {chord_id} has no meta record (expired?)")
     meta = json.loads(meta_entry.value)
     results: list[Any] = [None] * size
     read = set()
-    for entry in await store.values(f"{chord_id}.m.*"):
+    for entry in await _ride(app, store.values, f"{chord_id}.m.*"):
         index = int(entry.key.rsplit(".", 1)[1])
         read.add(index)
         doc = json.loads(entry.value)
@@ -120,9 +131,9 @@ async def member_failed(app: App, env: Envelope, error: dict[str, str]) -> None:
     store = await _store(app)
     claim = {"state": "failed", "member": env.id, "at": time.time()}
     try:
-        await store.create(f"{chord_id}.claim", json.dumps(claim).encode())
+        await _ride(app, store.create, f"{chord_id}.claim", json.dumps(claim).encode())
     except KeyExists:
-        entry = await store.get(f"{chord_id}.claim")
+        entry = await _ride(app, store.get, f"{chord_id}.claim")
         if entry is not None:
             current = json.loads(entry.value)
             if current.get("state") == "claimed":
@@ -141,4 +152,4 @@ async def member_failed(app: App, env: Envelope, error: dict[str, str]) -> None:
     record = state_record(JobState.FAILURE, error=failure, failed_job=env.id, finished=time.time())
     backend = await app.result_backend()
     await backend.write_final(chord_id, record)
-    await store.forget_count(f"{chord_id}.m.*")
+    await _ride(app, store.forget_count, f"{chord_id}.m.*")
