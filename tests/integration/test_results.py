@@ -16,6 +16,7 @@ from jsqueue import (
     TaskFailed,
     current_job,
 )
+from jsqueue.producer import build_envelope, send
 from jsqueue.server import NatsServer
 from jsqueue.testing import burst, destroy, running_worker, wait_state
 
@@ -139,9 +140,16 @@ async def test_ignore_result_stores_nothing(jsq_app: App) -> None:
 
     async with jsq_app:
         job = await fire_and_forget.delay()
-        await burst(jsq_app)
+        # wrong arguments (past the producer's check): dead-lettered, and still nothing stored
+        wrong = build_envelope(
+            jsq_app.settings, fire_and_forget.name, (1, 2), queue="default", serializer="json"
+        )
+        await send(await jsq_app.broker(), wrong)
+        stats = await burst(jsq_app)
         assert ran.is_set()
+        assert stats.dead_lettered == 1
         assert await job.state() is JobState.PENDING
+        assert await AsyncResult(jsq_app, wrong.id).state() is JobState.PENDING
         assert await (await jsq_app.result_backend()).store.count() == 0
 
 
