@@ -43,8 +43,10 @@ class KvStore:
         publisher: AckedPublisher,
         kv: KeyValue,
         bucket: str,
+        replicas: int = 1,
     ) -> None:
         self._js = js
+        self._replicas = replicas
         self._publisher = publisher
         self._kv = kv
         self.bucket = bucket
@@ -65,7 +67,7 @@ class KvStore:
         """Bind to the bucket, creating it (or updating its TTL) when ``create`` is true."""
         if not create:
             try:
-                return cls(js, publisher, await js.key_value(bucket), bucket)
+                return cls(js, publisher, await js.key_value(bucket), bucket, replicas)
             except nats.js.errors.BucketNotFoundError:
                 raise ProvisionError(
                     f"KV bucket {bucket} does not exist and this app has provision=False; "
@@ -95,7 +97,7 @@ class KvStore:
                     f"cannot update KV bucket {bucket} to replicas={replicas}: {exc.description}"
                 ) from None
             kv = await js.key_value(bucket)
-        return cls(js, publisher, kv, bucket)
+        return cls(js, publisher, kv, bucket, replicas)
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -191,6 +193,9 @@ class KvStore:
                     ack_policy=js_api.AckPolicy.NONE,
                     inactive_threshold=3600,
                     mem_storage=True,
+                    # as many replicas as the bucket: a memory consumer is otherwise R1, and
+                    # with its one node down every count would hang (seen on a cluster)
+                    num_replicas=self._replicas,
                 ),
             )
         return int(info.num_pending or 0)

@@ -62,14 +62,22 @@ class Cluster:
     async def drained(self, timeout: float = 90) -> None:
         broker = await self.app.broker()
         deadline = time.monotonic() + timeout
+        last: object = None
         while True:
             try:
                 info = await broker.consumer_info("default")
                 if info is not None and not info.num_pending and not info.num_ack_pending:
                     return
-            except Exception:  # a leader election in progress
-                pass
-            assert time.monotonic() < deadline, "the queue did not drain"
+                last = info and (info.num_pending, info.num_ack_pending, info.cluster)
+            except Exception as exc:  # a leader election in progress
+                last = repr(exc)
+            if time.monotonic() > deadline:  # say what the consumer looked like, and the workers
+                tails = "\n".join(
+                    p.output()[-3000:]
+                    for p in self.processes
+                    if p.log_path.name.startswith("worker")
+                )
+                raise AssertionError(f"the queue did not drain; last consumer info {last}\n{tails}")
             await asyncio.sleep(0.2)
 
     async def check(self, label: str) -> None:
@@ -150,6 +158,17 @@ async def test_raising_replicas_reaches_every_stream_and_bucket(cluster: Cluster
             for name in (s.jobs_stream, s.dlq_stream, f"KV_{s.bucket('results')}"):
                 info = await broker.js.stream_info(name)
                 assert info.config.num_replicas == 3, name
+            # the consumer that counts a chord's members survives a node too
+            chords = await broker.kv("chords", ttl=60)
+            await chords.create("c.m.0", b"{}")
+            assert await chords.count_keys("c.m.*") == 1
+            [counter] = [
+                c
+                for c in await broker.js.consumers_info(chords.stream)
+                if c.name.startswith("count_")
+            ]
+            assert counter.cluster is not None
+            assert len(counter.cluster.replicas or []) == 2  # two followers: R3
     finally:
         await destroy(three)
         await one.close()
