@@ -60,13 +60,17 @@ class Cluster:
                 proc.stop()
 
     async def drained(self, timeout: float = 90) -> None:
+        """Wait until every acked job finished (the ledger says so, not the broker) and the
+        queue holds nothing. The broker alone is not enough: a consumer that a worker creates
+        on a cluster just back from losing its quorum can report nothing pending at first."""
         broker = await self.app.broker()
         deadline = time.monotonic() + timeout
         last: object = None
         while True:
             try:
                 info = await broker.consumer_info("default")
-                if info is not None and not info.num_pending and not info.num_ack_pending:
+                idle = info is not None and not info.num_pending and not info.num_ack_pending
+                if idle and set(self.ledger.times("acked")) <= set(self.ledger.times("finished")):
                     return
                 last = info and (info.num_pending, info.num_ack_pending, info.cluster)
             except Exception as exc:  # a leader election in progress
