@@ -142,6 +142,16 @@ async def wait_state(job: AsyncResult[Any], state: JobState, timeout: float = 10
         await asyncio.sleep(0.01)
 
 
+async def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Wait until ``predicate()`` is true (checked every 20 ms), or raise TimeoutError naming
+    ``what`` was awaited: for outside evidence such as files, logs and ledgers."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 class Process:
     """A child process (a worker, a beat, a producer) that a test starts and must stop by PID.
 

@@ -8,56 +8,27 @@ import importlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from jsqueue import App, ProvisionError, chord, group
-from jsqueue import dlq as dead_letters
-from jsqueue.ledger import Ledger
-from jsqueue.testing import NatsCluster, Process, destroy
+from jsqueue.testing import NatsCluster, destroy
+from tests.harness import LedgeredSystem
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-@dataclass
-class Cluster:
+@dataclass(kw_only=True)
+class Cluster(LedgeredSystem):
     nats: NatsCluster
-    app: App
-    ledger: Ledger
-    tmp: Path
-    env: dict[str, str]
-    processes: list[Process] = field(default_factory=list)
+    worker_args = ("-c", "16", "--wait-for-server", "30")
 
-    def process(self, *args: str, url: str | None = None, name: str = "proc") -> Process:
-        proc = Process.jsqueue(
-            *args[:1],
-            "-A",
-            "tests.apps.ledgered:app",
-            "--url",
-            url or self.nats.url,
-            *args[1:],
-            env=self.env,
-            cwd=ROOT,
-            log_dir=self.tmp,
-            name=name,
-        ).start()
-        self.processes.append(proc)
-        return proc
-
-    @contextmanager
-    def workers(self, count: int = 2) -> Iterator[list[Process]]:
-        args = ("worker", "-c", "16", "--wait-for-server", "30")
-        procs = [self.process(*args, name=f"worker{i}") for i in range(count)]
-        try:
-            yield procs
-        finally:
-            for proc in procs:
-                proc.stop()
+    @property
+    def url(self) -> str:
+        return self.nats.url
 
     async def drained(self, timeout: float = 90) -> None:
         """Wait until every acked job finished (the ledger says so, not the broker) and the
@@ -85,10 +56,7 @@ class Cluster:
             await asyncio.sleep(0.2)
 
     async def check(self, label: str) -> None:
-        dead = {
-            letter.job_id for letter in await dead_letters.list_letters(await self.app.broker())
-        }
-        found = self.ledger.check(dead)
+        found = self.ledger.check(await self.dead_ids())
         print(f"[{label}] {found.summary()}")
         assert found.ok, (
             f"[{label}] lost {sorted(found.lost)[:10]} unexpected {sorted(found.unexpected)[:10]}"
@@ -113,7 +81,7 @@ async def cluster(
     nats = NatsCluster(base_dir=tmp_path / "cluster")
     await asyncio.to_thread(nats.start)
     module.app.configure(url=nats.url, publish_timeout=30)
-    found = Cluster(nats, module.app, module.ledger, tmp_path, env)
+    found = Cluster(nats=nats, app=module.app, ledger=module.ledger, tmp=tmp_path, env=env)
     try:
         yield found
     finally:

@@ -19,6 +19,7 @@ from jsqueue import PayloadTooLarge, TaskFailed
 from jsqueue import dlq as dead_letters
 from jsqueue.envelope import new_job_id
 from jsqueue.producer import build_envelope, send_many
+from jsqueue.testing import wait_until
 
 from .conftest import Scenario
 
@@ -109,10 +110,7 @@ async def test_3_sigkill_between_side_effect_and_ack(scenario: Scenario) -> None
         job = await scenario.ledger.enqueue("s3", task.apply_async(args=(30,), job_id="s3"))
         assert job is not None
         first = scenario.worker(name="first")
-        deadline = time.monotonic() + 20
-        while "s3" not in scenario.ledger.times("finished"):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: "s3" in scenario.ledger.times("finished"), 20, "s3 to finish")
         first.kill()  # the side effect happened, the ack did not
         with scenario.workers(1):
             assert await job.get(timeout=20) == 2
@@ -282,18 +280,18 @@ async def test_9_long_job_once_and_a_frozen_worker(scenario: Scenario) -> None:
         )
         assert frozen_job is not None
         frozen = scenario.worker(name="frozen")
-        deadline = time.monotonic() + 20
-        while "s9-frozen" not in scenario.ledger.times("started"):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: "s9-frozen" in scenario.ledger.times("started"), 20, "s9-frozen to start"
+        )
         frozen.signal(signal.SIGSTOP)
         rescuer = scenario.worker(name="rescuer")
         first = await frozen_job.get(timeout=30)
         frozen.signal(signal.SIGCONT)
-        deadline = time.monotonic() + 20
-        while len(scenario.ledger.times("finished").get("s9-frozen", [])) < 2:
-            assert time.monotonic() < deadline, "the frozen worker never finished"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: len(scenario.ledger.times("finished").get("s9-frozen", [])) >= 2,
+            20,
+            "the frozen worker to finish too",
+        )
         await asyncio.sleep(0.5)  # let its (refused) result write and late ack happen
         final = await frozen_job.get(timeout=5)
         rescuer.stop()

@@ -18,7 +18,7 @@ from jsqueue.producer import build_envelope, send
 from jsqueue.registry import REGISTRY_TTL
 from jsqueue.server import NatsServer
 from jsqueue.status import workers
-from jsqueue.testing import Process, burst, destroy, running_worker, wait_state
+from jsqueue.testing import Process, burst, destroy, running_worker, wait_state, wait_until
 
 from .support import ROOT, free_port, jsqueue, worker_process
 
@@ -329,10 +329,10 @@ async def test_events_tail_every_lifecycle_step(
 
 
 async def wait_for_text(proc: Process, text: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in proc.output():
-        assert time.monotonic() < deadline, f"{text!r} not in {proc.output()[-2000:]}"
-        await asyncio.sleep(0.05)
+    try:
+        await wait_until(lambda: text in proc.output(), timeout, repr(text))
+    except TimeoutError:
+        raise AssertionError(f"{text!r} not in {proc.output()[-2000:]}") from None
 
 
 async def test_events_off_publish_nothing(faulty: App) -> None:

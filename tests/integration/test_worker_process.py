@@ -13,21 +13,11 @@ import pytest
 from jsqueue import App
 from jsqueue import dlq as dead_letters
 from jsqueue.server import NatsServer
-from jsqueue.testing import destroy
+from jsqueue.testing import destroy, wait_until
 
 from .support import ROOT, worker_process
 
 pytestmark = pytest.mark.slow
-
-
-async def wait_for(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def test_sigkill_mid_job_is_redelivered_and_completed(
@@ -37,7 +27,9 @@ async def test_sigkill_mid_job_is_redelivered_and_completed(
     async with faulty:
         job = await slow.delay(0.5, str(tmp_path))
         with worker_process(nats_server.url, jsq_prefix, tmp_path) as first:
-            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            await wait_until(
+                lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start"
+            )
             first.kill()
             killed_at = time.time()
         with worker_process(nats_server.url, jsq_prefix, tmp_path) as second:
@@ -58,7 +50,9 @@ async def test_sigterm_drains_running_jobs_and_exits_zero(
     async with faulty:
         job = await slow.delay(1.0, str(tmp_path))
         with worker_process(nats_server.url, jsq_prefix, tmp_path, "--grace", "10") as worker:
-            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            await wait_until(
+                lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start"
+            )
             worker.signal(first_signal)
             assert await asyncio.to_thread(worker.wait, 20) == 0
         assert (tmp_path / f"{job.id}.end").exists()
@@ -75,7 +69,9 @@ async def test_grace_expiry_gives_the_job_back_at_once(
         job = await slow.delay(3.0, str(tmp_path))
         args = ("--grace", "0.2")
         with worker_process(nats_server.url, jsq_prefix, tmp_path, *args, **env) as worker:
-            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            await wait_until(
+                lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start"
+            )
             worker.signal(signal.SIGTERM)
             assert await asyncio.to_thread(worker.wait, 20) == 0
             given_back = time.time()
@@ -130,7 +126,7 @@ async def test_server_restart_mid_run_loses_no_acked_job(
         async with app:
             jobs = await app.tasks["tests.apps.faulty.slow"].starmap([(0.01, str(marks))] * 300)
         with worker_process(server.url, jsq_prefix, tmp_path, "-c", "4") as worker:
-            await wait_for(lambda: len(list(marks.glob("*.end"))) >= 40, 30, "40 jobs done")
+            await wait_until(lambda: len(list(marks.glob("*.end"))) >= 40, 30, "40 jobs done")
             await asyncio.to_thread(server.restart)
             async with app:
                 outcomes = [await job.get(timeout=30) for job in jobs]
@@ -256,9 +252,13 @@ async def test_second_signal_exits_at_once(
     async with faulty:
         job = await slow.delay(30.0, str(tmp_path))
         with worker_process(nats_server.url, jsq_prefix, tmp_path, "--grace", "60") as worker:
-            await wait_for(lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start")
+            await wait_until(
+                lambda: (tmp_path / f"{job.id}.start").exists(), 20, "the job to start"
+            )
             worker.signal(signal.SIGTERM)
-            await wait_for(lambda: "stopping gracefully" in worker.output(), 10, "the first signal")
+            await wait_until(
+                lambda: "stopping gracefully" in worker.output(), 10, "the first signal"
+            )
             worker.signal(signal.SIGINT)
             started = time.monotonic()
             assert await asyncio.to_thread(worker.wait, 10) == 128 + signal.SIGINT
