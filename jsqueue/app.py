@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import re
 import sys
@@ -23,16 +24,17 @@ from typing_extensions import Unpack
 
 from jsqueue.broker import Broker
 from jsqueue.canvas import Signature
-from jsqueue.config import Serializer, Settings, SettingsKwargs
+from jsqueue.config import Serializer, Settings, SettingsKwargs, check_job_id
 from jsqueue.errors import ConfigError, NotRegistered
 from jsqueue.hooks import Hooks
-from jsqueue.results import ResultBackend
+from jsqueue.results import AsyncResult, ResultBackend
 from jsqueue.retry import RetryPolicy
 from jsqueue.schedule import Cron, Every, Schedule
 from jsqueue.syncbridge import LoopThread
 from jsqueue.task import Task, TaskOptions
 
-_ENTRY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+log = logging.getLogger("jsqueue.app")
+_ENTRY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -187,7 +189,7 @@ class App:
         After downtime, ``catch_up="latest"`` sends the newest missed tick once and skips the
         rest; ``"skip"`` sends none. Ticks missed by a leader change are always sent.
         """
-        if not _ENTRY_RE.match(name):
+        if not _ENTRY_RE.fullmatch(name):
             raise ConfigError(f"periodic name {name!r}: use 1-64 letters, digits, '_' or '-'")
         if name in self.periodic:
             raise ConfigError(f"a periodic entry named {name!r} already exists on {self.name}")
@@ -236,6 +238,11 @@ class App:
         """Observe job events (see :class:`jsqueue.hooks.Hooks`) in this app's workers."""
         self.hooks.append(hook)
 
+    def result(self, job_id: str) -> AsyncResult[Any]:
+        """A handle on job ``job_id`` (say, an id a web request was given) to wait for its
+        outcome; :class:`ConfigError` if it is not a legal job id."""
+        return AsyncResult(self, check_job_id(job_id))
+
     def signature(self, task: str, *args: Any, **kwargs: Any) -> Signature:
         """A signature of a task by name, for tasks whose code this process does not have."""
         return Signature(task, args, kwargs, app=self)
@@ -254,6 +261,11 @@ class App:
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
+        if state is not None and state.broker.lost.is_set():
+            # nats-py closed this connection for good (it does on some server errors): the
+            # next use connects anew instead of failing for ever
+            log.warning("app %s: the NATS connection was closed for good; connecting anew", self)
+            state = None
         if state is None:
             state = _LoopState(Broker(self.settings, client_name=self.name), asyncio.Lock())
             self._loops[loop] = state

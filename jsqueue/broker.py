@@ -28,10 +28,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from jsqueue.config import BUCKETS, MIN_SERVER_VERSION, Settings, redact_url
 from jsqueue.errors import (
     ConnectError,
+    ConnectionLost,
+    InvalidError,
     JsqueueError,
     PayloadTooLarge,
     ProvisionError,
     PublishError,
+    RefusedError,
+    TransientError,
 )
 from jsqueue.kvstore import KvStore
 from jsqueue.publisher import Ack, AckedPublisher
@@ -72,6 +76,9 @@ class Broker(StreamAdmin):
         self._last_connect_error: BaseException | None = None
         self._auth_error: BaseException | None = None
         self._refused = ""
+        self._closing = False
+        #: set when nats-py closed the connection for good (not by :meth:`close`)
+        self.lost = asyncio.Event()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -163,6 +170,7 @@ class Broker(StreamAdmin):
             "reconnect_time_wait": 0.25,
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnect,
+            "closed_cb": self._on_closed,
             "reconnected_cb": self._on_reconnect,
         }
         options.update(self._auth_options())
@@ -248,7 +256,19 @@ class Broker(StreamAdmin):
             raise ConnectError("not connected; use `async with app:` or `await app.connect()`")
         return self._publisher
 
+    @property
+    def lost_reason(self) -> str:
+        """Why the connection was lost for good, as far as nats-py said."""
+        error: BaseException | None = self._nc.last_error if self._nc is not None else None
+        error = error or self._last_connect_error
+        return str(error) if error else "no reason given"
+
+    async def _on_closed(self) -> None:
+        if not self._closing and self._nc is not None:
+            self.lost.set()
+
     async def close(self) -> None:
+        self._closing = True
         if self._publisher is not None:
             await self._publisher.close()
             self._publisher = None
@@ -394,11 +414,11 @@ class Broker(StreamAdmin):
         """The error for a request that got no answer: a permission the server refused, if it
         said so, else a timeout."""
         if self._refused:
-            return JsqueueError(
+            return RefusedError(
                 f"NATS at {self.url} refused {doing}: {self._refused}; this user lacks the "
                 "permission (the README lists what each role needs)"
             )
-        return JsqueueError(f"NATS at {self.url} did not answer {doing} in time")
+        return TransientError(f"NATS at {self.url} did not answer {doing} in time")
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -517,6 +537,45 @@ class Broker(StreamAdmin):
                 await self.js.delete_stream(name)
         self._kv.clear()
         self._consumers_ready.clear()
+
+
+#: nats-py errors after which trying again can succeed.
+_TRANSIENT = (
+    *_RETRYABLE,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.FlushTimeoutError,
+    OSError,
+)
+#: nats-py errors of a request that can never succeed as sent.
+_INVALID = (
+    nats.errors.MaxPayloadError,
+    nats.errors.BadSubjectError,
+    nats.errors.BadHeaderError,
+    nats.js.errors.InvalidKeyError,
+    nats.js.errors.InvalidBucketNameError,
+)
+
+
+def translate(exc: BaseException) -> BaseException:
+    """The jsqueue error for a nats-py error (others are returned as they are): transient (try
+    again), invalid (never succeeds as sent), refused, or the connection lost for good."""
+    if isinstance(exc, JsqueueError) or not isinstance(exc, Exception):
+        return exc
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, nats.errors.ConnectionClosedError):
+        return ConnectionLost(f"the NATS connection is closed: {text}")
+    if isinstance(exc, _INVALID):
+        return InvalidError(f"NATS cannot take this: {text}")
+    if isinstance(exc, _TRANSIENT):
+        return TransientError(f"NATS did not answer in time or is unavailable: {text}")
+    if isinstance(exc, nats.js.errors.APIError):
+        if "ermission" in text:
+            return RefusedError(f"NATS refused it: {text}")
+        return InvalidError(f"JetStream refused it: {exc.description or text} ({exc.err_code})")
+    if isinstance(exc, nats.errors.Error):
+        return TransientError(f"NATS error: {text}")
+    return exc
 
 
 def _is_auth_error(exc: BaseException) -> bool:

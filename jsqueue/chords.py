@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jsqueue.envelope import Envelope, pickle_value, to_json, unpickle_value
+from jsqueue.errors import InvalidError, TransientError
 from jsqueue.kvstore import KeyExists, KvStore
 from jsqueue.producer import send
 from jsqueue.results import JobState, state_record
@@ -103,7 +104,10 @@ async def _send_callback(app: App, store: KvStore, chord_id: str, size: int) -> 
 
     meta_entry = await _ride(app, store.get, f"{chord_id}.meta")
     if meta_entry is None:
-        raise RuntimeError(f"chord {chord_id} has no meta record (expired?)")
+        raise InvalidError(
+            f"chord {chord_id} has no record (expired after result_ttl, or never started): its "
+            "callback cannot be sent"
+        )
     meta = json.loads(meta_entry.value)
     results: list[Any] = [None] * size
     read = set()
@@ -117,7 +121,9 @@ async def _send_callback(app: App, store: KvStore, chord_id: str, size: int) -> 
             results[index] = doc["r"]
     if len(read) != size:  # never call back with holes; the claimer's redelivery tries again
         missing = sorted(set(range(size)) - read)
-        raise RuntimeError(f"chord {chord_id}: results of members {missing[:10]} not readable")
+        raise TransientError(
+            f"chord {chord_id}: results of members {missing[:10]} not readable yet"
+        )
     callback = Signature.from_dict(meta["callback"], app)
     env = callback.envelope((results,), job_id=chord_id, parent_id=chord_id)
     await send(await app.broker(), env)

@@ -22,10 +22,10 @@ URL_ENV = "JSQUEUE_URL"
 #: The oldest nats-server jsqueue runs on: message schedules (delayed jobs) arrived in 2.12.0.
 MIN_SERVER_VERSION = (2, 12, 0)
 
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_QUEUE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # KV keys and Msg-Ids that become keys may only use these characters; a '.' separates tokens.
-_JOB_ID_RE = re.compile(r"^[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*$")
+_JOB_ID_RE = re.compile(r"[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*")
 JOB_ID_MAX = 200
 #: Every KV bucket jsqueue may create, as ``<prefix>_<purpose>``.
 BUCKETS = ("results", "revoked", "workers", "chords", "beat_lease", "beat_ticks", "beat_state")
@@ -114,7 +114,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ConfigError("the app needs a name, e.g. App('billing')")
-        if not _PREFIX_RE.match(self.prefix):
+        if not _PREFIX_RE.fullmatch(self.prefix):
             raise ConfigError(
                 f"prefix {self.prefix!r} must be lowercase letters, digits or '_', "
                 "starting with a letter, at most 32 characters"
@@ -198,33 +198,68 @@ class Settings:
         return f"{self.prefix}.events"
 
 
+def is_queue_name(value: object) -> bool:
+    """Whether ``value`` may name a queue (it becomes a subject token and a consumer name)."""
+    return isinstance(value, str) and _QUEUE_RE.fullmatch(value) is not None
+
+
 def check_queue(queue: str) -> str:
     """Return ``queue`` if it is a valid queue name, else raise :class:`ConfigError`."""
-    if not isinstance(queue, str) or not _QUEUE_RE.match(queue):
+    if not is_queue_name(queue):
         raise ConfigError(
             f"queue name {queue!r} must be 1-64 letters, digits, '_' or '-' (it becomes a subject)"
         )
     return queue
 
 
+#: The rule for job ids, as error messages state it.
+JOB_ID_RULE = (
+    f"use 1-{JOB_ID_MAX} characters from A-Z a-z 0-9 - _ / = and '.' between parts (no ':', "
+    "spaces, or leading/trailing '.')"
+)
+
+
+def is_job_id(value: object) -> bool:
+    """Whether ``value`` may be a job id: a KV key, a subject token and a Msg-Id."""
+    return (
+        isinstance(value, str)
+        and len(value) <= JOB_ID_MAX
+        and _JOB_ID_RE.fullmatch(value) is not None
+    )
+
+
 def check_job_id(job_id: str) -> str:
     """Return ``job_id`` if it may be a job id (a KV key and Msg-Id), else raise ConfigError."""
-    if not isinstance(job_id, str) or len(job_id) > JOB_ID_MAX or not _JOB_ID_RE.match(job_id):
-        raise ConfigError(
-            f"job id {job_id!r} is not allowed: use 1-{JOB_ID_MAX} characters from "
-            "A-Z a-z 0-9 - _ / = and '.' between parts (no ':', spaces, or leading/trailing '.')"
-        )
+    if not is_job_id(job_id):
+        raise ConfigError(f"job id {shorten(job_id)} is not allowed: {JOB_ID_RULE}")
     return job_id
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for error messages about hostile input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} chars)"
 
 
 def check_url(url: str) -> str:
     """Return ``url`` if every comma-separated part is a nats/tls/ws URL, else raise ConfigError."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"URL {url!r} is empty; give e.g. nats://127.0.0.1:4222")
     for part in url.split(","):
-        scheme = urlsplit(part.strip()).scheme
-        if scheme not in ("nats", "tls", "ws", "wss"):
+        try:
+            split = urlsplit(part.strip())
+            split.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(
+                f"URL {redact_url(part)!r} is not a valid URL ({exc}); give e.g. "
+                "nats://127.0.0.1:4222 (an IPv6 host in brackets: nats://[::1]:4222)"
+            ) from None
+        if split.scheme not in ("nats", "tls", "ws", "wss"):
             raise ConfigError(
                 f"URL {redact_url(part)!r} must start with nats://, tls://, ws:// or wss://"
             )
+        if not split.hostname:
+            raise ConfigError(f"URL {redact_url(part)!r} names no host")
     return url
 
 
@@ -232,14 +267,17 @@ def redact_url(url: str) -> str:
     """The URL with any password or token replaced by ``***``, safe to print in errors."""
     parts = []
     for part in url.split(","):
-        split = urlsplit(part.strip())
-        if split.username or split.password:
-            user = split.username if split.password else "***"
-            secret = ":***" if split.password else ""
-            host = split.hostname or ""
-            port = f":{split.port}" if split.port else ""
-            split = split._replace(netloc=f"{user}{secret}@{host}{port}")
-        parts.append(urlunsplit(split))
+        try:
+            split = urlsplit(part.strip())
+            if split.username or split.password:
+                user = split.username if split.password else "***"
+                secret = ":***" if split.password else ""
+                host = split.hostname or ""
+                port = f":{split.port}" if split.port else ""
+                split = split._replace(netloc=f"{user}{secret}@{host}{port}")
+            parts.append(urlunsplit(split))
+        except ValueError:  # unparseable: keep only what cannot hold a secret
+            parts.append(part.strip().split("@")[-1] if "@" in part else part.strip())
     return ",".join(parts)
 
 

@@ -37,13 +37,26 @@ async def after_success(app: App, env: Envelope, value: Any) -> None:
 async def after_failure(app: App, env: Envelope, error: dict[str, str]) -> None:
     """Stop the chain (its remaining steps fail with this error); fail the chord."""
     if env.link:
-        backend = await app.result_backend()
+        await _fail_steps(app, env, error)
+    if env.chord is not None:
+        await chords.member_failed(app, env, error)
+
+
+async def abandon(app: App, env: Envelope, error: dict[str, str]) -> None:
+    """What follows ``env`` can never go on (a follow-up failed for good): record FAILURE for
+    the chain's later steps and for the chord, so that nobody waits for them in vain."""
+    await _fail_steps(app, env, error)
+    if env.chord is not None:
         record = state_record(
             JobState.FAILURE, error=error, failed_job=env.id, finished=time.time()
         )
-        for step in env.link:
-            step_id = step.get("options", {}).get("job_id")
-            if step_id:
-                await backend.write_final(str(step_id), record)
-    if env.chord is not None:
-        await chords.member_failed(app, env, error)
+        await (await app.result_backend()).write_final(str(env.chord["id"]), record)
+
+
+async def _fail_steps(app: App, env: Envelope, error: dict[str, str]) -> None:
+    backend = await app.result_backend()
+    record = state_record(JobState.FAILURE, error=error, failed_job=env.id, finished=time.time())
+    for step in env.link:
+        step_id = step.get("options", {}).get("job_id")
+        if step_id:
+            await backend.write_final(str(step_id), record)

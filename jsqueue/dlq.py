@@ -1,28 +1,39 @@
 """Dead letters: jobs that can never succeed, kept with why, for listing and replay.
 
 A dead letter is one message on ``<prefix>.dlq.<queue>`` in the DLQ stream. Its body is the job's
-original payload, byte for byte (so anything that fitted the jobs stream fits here, and a replay
-sends exactly what was sent); a ``Jsq-Dead-Letter`` header holds the record as ASCII JSON: job id,
-task, reason, error type, message and traceback, attempts, worker and time. Texts are truncated to
-fit the server's max_payload, never the job. The ``Nats-Msg-Id`` is derived from the job's sequence
-in the jobs stream, so a job copied twice (a worker died between copy and term) is stored once.
+original payload, byte for byte (so a replay sends exactly what was sent); a ``Jsq-Dead-Letter``
+header holds the record as ASCII JSON: job id, task, reason, error type, message and traceback,
+attempts, worker and time. Texts are cut to fit the server's max_payload and NATS's 64 KiB header
+limit, never the job, unless the job alone nearly fills max_payload: then the record leads the
+body and the payload is kept as far as it fits (see :func:`letter`). The ``Nats-Msg-Id`` is derived
+from the job's sequence in the jobs stream, so a job copied twice (a worker died between copy and
+term) is stored once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from jsqueue.broker import Broker
+from jsqueue.config import is_job_id
 from jsqueue.envelope import Envelope, decode
 from jsqueue.errors import DecodeError, JsqueueError
-from jsqueue.producer import MSG_ID, send
+from jsqueue.producer import MSG_ID, replayed, send
 from jsqueue.streams import StoredMessage
 
 HEADER = "Jsq-Dead-Letter"
-_HEADER_SLACK = 512  # subject, Msg-Id and framing
+#: ``body`` when the record travels in the body, before the payload (the payload was too large to
+#: travel beside a record in a header).
+FORMAT = "Jsq-Dead-Letter-Format"
+#: NATS refuses more than 64 KiB of headers; the record stays well below.
+HEADERS_MAX = 60_000
+_SLACK = 512  # subject, Msg-Id and framing
+#: The most a record in the body may take (its texts are cut to fit).
+_BODY_RECORD_MAX = 8_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,13 @@ class DeadLetter:
     worker: str
     time: float
     payload: bytes
+    #: the job's id as sent, when it was not a legal id (``job_id`` is then ``seq-<jobs seq>``)
+    given_id: str = ""
+    #: the payload did not fit beside its record: only its first bytes are kept
+    payload_truncated: bool = False
+    payload_size: int = 0
+    #: the job's sequence in the jobs stream (which message this letter is a copy of)
+    jobs_seq: int = 0
 
     def to_dict(self, with_payload: bool = True) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -55,6 +73,11 @@ class DeadLetter:
             "worker": self.worker,
             "time": self.time,
         }
+        if self.given_id:
+            doc["given_id"] = self.given_id
+        if self.payload_truncated:
+            doc["payload_truncated"] = True
+            doc["payload_size"] = self.payload_size
         if with_payload:
             doc["traceback"] = self.traceback
             doc["payload"] = self.payload.decode("utf-8", errors="replace")
@@ -62,69 +85,133 @@ class DeadLetter:
 
     def envelope(self, secret_key: bytes | None) -> Envelope:
         """The job as an envelope; :class:`DecodeError` for a payload that never was one."""
+        if self.payload_truncated:
+            raise DecodeError(
+                f"only {len(self.payload)} of the payload's {self.payload_size} bytes were kept "
+                "(it did not fit beside its dead-letter record)",
+                raw=self.payload,
+            )
         return decode(self.payload, secret_key)
 
 
-def build(
+def record(
     *,
-    payload: bytes,
     job_id: str,
     task: str,
     queue: str,
     reason: str,
-    error_type: str,
-    error_message: str,
-    traceback: str,
+    error: dict[str, str],
     attempts: int,
     worker: str,
     jobs_seq: int,
-    max_payload: int,
-) -> dict[str, str]:
-    """The headers of a dead letter whose body is ``payload``, texts cut to fit max_payload."""
+    given_id: str = "",
+) -> dict[str, Any]:
+    """The record of a dead letter (texts are cut to fit when the letter is built)."""
     meta: dict[str, Any] = {
         "job_id": job_id,
         "task": task,
         "queue": queue,
         "reason": reason,
-        "error_type": error_type,
-        "error_message": error_message,
-        "traceback": traceback,
+        "error_type": error.get("type", ""),
+        "error_message": error.get("message", ""),
+        "traceback": error.get("traceback", ""),
         "attempts": attempts,
         "worker": worker,
         "time": time.time(),
         "jobs_seq": jobs_seq,
     }
-    room = max_payload - len(payload) - _HEADER_SLACK
+    if given_id:
+        meta["given_id"] = given_id
+    return meta
+
+
+def letter(
+    meta: dict[str, Any], payload: bytes, *, max_payload: int, in_body: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a dead letter.
+
+    Normally the body is the job's payload, byte for byte (a replay sends exactly what was sent),
+    and the record is a header, its texts cut to fit the server's max_payload and the 64 KiB
+    header limit. When the payload leaves no room for even a short record (or ``in_body``), the
+    record goes first in the body, then a newline, then as much of the payload as fits: the
+    letter then says the payload was truncated, with its size and SHA-256.
+    """
+    msg_id = {MSG_ID: f"dlq.{meta['jobs_seq']}"}
+    if not in_body:
+        room = min(HEADERS_MAX, max_payload - len(payload) - _SLACK)
+        encoded = _fit(meta, room)
+        if encoded is not None:
+            return payload, {**msg_id, HEADER: encoded}
+    meta = {
+        **meta,
+        "payload_size": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_truncated": True,
+    }
+    head = _fit(meta, _BODY_RECORD_MAX) or _ascii_json(_minimal(meta))
+    keep = max(0, max_payload - len(head) - 1 - _SLACK)
+    if keep >= len(payload):
+        meta["payload_truncated"] = False
+        head = _fit(meta, _BODY_RECORD_MAX) or _ascii_json(_minimal(meta))
+    return head.encode() + b"\n" + payload[:keep], {**msg_id, FORMAT: "body"}
+
+
+def _fit(meta: dict[str, Any], room: int) -> str | None:
+    """The record as ASCII JSON in at most ``room`` characters, cutting texts; None if it
+    cannot fit."""
+    meta = dict(meta)
     encoded = _ascii_json(meta)
-    for field, keep in (("traceback", 0), ("error_message", 200), ("task", 100)):
+    for field, keep in (("traceback", 0), ("error_message", 200), ("task", 60), ("given_id", 40)):
         if len(encoded) <= room:
             break
+        if field not in meta:
+            continue
         overflow = len(encoded) - room
         text = str(meta[field])
         meta[field] = _cut(text, max(keep, len(text) - overflow - 40))
         encoded = _ascii_json(meta)
-    return {MSG_ID: f"dlq.{jobs_seq}", HEADER: encoded}
+    return encoded if len(encoded) <= room else None
+
+
+def _minimal(meta: dict[str, Any]) -> dict[str, Any]:
+    keep = ("job_id", "queue", "reason", "attempts", "jobs_seq", "time", "payload_size")
+    return {k: meta[k] for k in keep if k in meta} | {"payload_truncated": True}
 
 
 def parse(message: StoredMessage) -> DeadLetter:
+    payload = message.data
     try:
-        meta = json.loads(message.headers.get(HEADER, "{}"))
+        if message.headers.get(FORMAT) == "body":
+            head, _, payload = message.data.partition(b"\n")
+            meta = json.loads(head)
+        else:
+            meta = json.loads(message.headers.get(HEADER, "{}"))
+        if not isinstance(meta, dict):
+            meta = {}
     except ValueError:
         meta = {}
     return DeadLetter(
         seq=message.seq,
-        job_id=str(meta.get("job_id", f"seq-{message.seq}")),
+        job_id=str(meta.get("job_id", f"dlq-{message.seq}")),
         task=str(meta.get("task", "?")),
         queue=str(meta.get("queue", message.subject.rsplit(".", 1)[-1])),
         reason=str(meta.get("reason", "?")),
         error_type=str(meta.get("error_type", "")),
         error_message=str(meta.get("error_message", "")),
         traceback=str(meta.get("traceback", "")),
-        attempts=int(meta.get("attempts", 0)),
+        attempts=_int(meta.get("attempts")),
         worker=str(meta.get("worker", "")),
-        time=float(meta.get("time", 0.0)),
-        payload=message.data,
+        time=float(meta.get("time", 0.0) or 0.0),
+        payload=payload,
+        given_id=str(meta.get("given_id", "")),
+        payload_truncated=bool(meta.get("payload_truncated", False)),
+        payload_size=_int(meta.get("payload_size")),
+        jobs_seq=_int(meta.get("jobs_seq")),
     )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 async def publish(broker: Broker, queue: str, payload: bytes, headers: dict[str, str]) -> None:
@@ -143,11 +230,12 @@ async def list_letters(
 
 
 async def find(broker: Broker, job_id: str) -> DeadLetter | None:
-    """The newest dead letter of ``job_id`` (or of DLQ sequence ``seq-N``)."""
+    """The newest dead letter of ``job_id``: the id it lists (``seq-N`` for a job that had no
+    legal id, N being its sequence in the jobs stream), or the illegal id it was sent with."""
     found = None
-    for letter in await list_letters(broker):
-        if letter.job_id == job_id or f"seq-{letter.seq}" == job_id:
-            found = letter
+    for dead in await list_letters(broker):
+        if job_id in (dead.job_id, dead.given_id):
+            found = dead
     return found
 
 
@@ -163,25 +251,18 @@ async def replay(broker: Broker, letter: DeadLetter) -> str:
         raise JsqueueError(
             f"dead letter {letter.job_id} cannot be replayed: its payload is not a job ({exc})"
         ) from None
-    new = Envelope(
-        id=f"{env.id}.r{letter.seq}",
-        task=env.task,
-        args=env.args,
-        kwargs=env.kwargs,
-        queue=env.queue,
-        created=time.time(),
-        expires=None,
-        parent_id=env.parent_id,
-        root_id=env.root_id,
-        link=env.link,
-        chord=env.chord,
-        headers=env.headers,
-        serializer=env.serializer,
-        replay_of=env.id,
-    )
+    new = replayed(env, _replay_id(env.id, letter.seq))
     await send(broker, new)
     await broker.delete_message(broker.settings.dlq_stream, letter.seq)
     return new.id
+
+
+def _replay_id(job_id: str, seq: int) -> str:
+    """``<id>.r<dlq seq>``, or a shorter id derived from both when that would be too long."""
+    replay_id = f"{job_id}.r{seq}"
+    if is_job_id(replay_id):
+        return replay_id
+    return f"r{seq}.{hashlib.sha256(job_id.encode()).hexdigest()[:24]}"
 
 
 async def purge(broker: Broker, queue: str | None = None) -> int:

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsqueue.config import Serializer
-from jsqueue.errors import DecodeError, SerializeError, SignatureError
+from jsqueue import fields
+from jsqueue.config import Serializer, is_job_id, shorten
+from jsqueue.errors import DecodeError, MalformedError, SerializeError, SignatureError
 
 ENVELOPE_VERSION = 1
 
@@ -105,6 +106,8 @@ def to_json(doc: Any, *, what: str) -> bytes:
     """Dump a document as compact JSON bytes; :class:`SerializeError` names ``what`` failed."""
     try:
         return _dumps(doc).encode()
+    except RecursionError:
+        raise SerializeError(f"{what} nests too deeply to be sent as JSON") from None
     except (TypeError, ValueError) as exc:
         raise SerializeError(
             f"{what} cannot be sent as JSON ({exc}); use JSON types (str, int, float, bool, "
@@ -113,62 +116,90 @@ def to_json(doc: Any, *, what: str) -> bytes:
 
 
 def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
-    """Parse bytes into an envelope, or raise :class:`DecodeError` that keeps the bytes."""
+    """Parse bytes into an envelope, or raise :class:`DecodeError` that keeps the bytes.
+
+    Every field is checked (see :mod:`jsqueue.fields`): a wrong one raises
+    :class:`MalformedError` naming it, so nothing malformed ever reaches a task, a KV key or a
+    subject. Unknown fields are ignored (a newer producer may add some).
+    """
+    doc = _document(data)
+    try:
+        job_id = fields.job_id(doc.get("id"))
+        task = fields.task_name(doc.get("task"))
+        if "pickle" in doc:
+            body = unpickle_value(doc, secret_key, bind=f"{job_id}\0{task}", raw=data)
+            if not isinstance(body, dict):
+                raise fields.FieldError("the signed pickle does not hold args and kwargs")
+            args, kwargs = body.get("args", []), body.get("kwargs", {})
+        else:
+            args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+        return Envelope(
+            id=job_id,
+            task=task,
+            args=fields.args(list(args) if isinstance(args, tuple) else args),
+            kwargs=fields.kwargs(kwargs),
+            queue=fields.queue(doc.get("queue", "default")),
+            created=fields.number(doc.get("created", 0.0), "created"),
+            eta=fields.optional_number(doc.get("eta"), "eta"),
+            expires=fields.optional_number(doc.get("expires"), "expires"),
+            parent_id=fields.optional_job_id(doc.get("parent_id"), "parent_id"),
+            root_id=fields.optional_job_id(doc.get("root_id"), "root_id"),
+            link=fields.link(doc.get("link")),
+            chord=fields.chord(doc.get("chord")),
+            headers=fields.headers(doc.get("headers")),
+            serializer="cloudpickle" if "pickle" in doc else "json",
+            replay_of=fields.optional_job_id(doc.get("replay_of"), "replay_of"),
+        )
+    except fields.FieldError as exc:
+        raise MalformedError(f"envelope is malformed: {exc}", raw=data) from None
+
+
+def _document(data: bytes) -> dict[str, Any]:
+    """The JSON object of a payload, of a version this worker reads."""
     try:
         doc = _loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"payload is not JSON: {exc}", raw=data) from None
+    except RecursionError:
+        raise DecodeError("payload nests JSON too deeply to be read", raw=data) from None
     if not isinstance(doc, dict):
         raise DecodeError("payload is JSON but not an envelope object", raw=data)
     version = doc.get("v")
     if version != ENVELOPE_VERSION:
         raise DecodeError(
-            f"envelope version {version!r} is not understood by this worker "
+            f"envelope version {shorten(version)} is not understood by this worker "
             f"(it reads version {ENVELOPE_VERSION}); upgrade the worker or the producer",
             raw=data,
         )
-    try:
-        job_id, task = str(doc["id"]), str(doc["task"])
-        if "pickle" in doc:
-            body = unpickle_value(doc, secret_key, bind=f"{job_id}\0{task}", raw=data)
-            args, kwargs = body["args"], body["kwargs"]
-        else:
-            args, kwargs = doc.get("args", []), doc.get("kwargs", {})
-        if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
-            raise DecodeError("envelope args must be a list and kwargs an object", raw=data)
-        return Envelope(
-            id=job_id,
-            task=task,
-            args=tuple(args),
-            kwargs=kwargs,
-            queue=str(doc.get("queue", "default")),
-            created=float(doc.get("created", 0.0)),
-            eta=doc.get("eta"),
-            expires=doc.get("expires"),
-            parent_id=doc.get("parent_id"),
-            root_id=doc.get("root_id"),
-            link=tuple(doc.get("link") or ()),
-            chord=doc.get("chord"),
-            headers=doc.get("headers"),
-            serializer="cloudpickle" if "pickle" in doc else "json",
-            replay_of=doc.get("replay_of"),
-        )
-    except KeyError as exc:
-        raise DecodeError(f"envelope is missing or malformed: no field {exc}", raw=data) from None
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(f"envelope is missing or malformed: {exc}", raw=data) from None
+    return doc
 
 
 def peek(data: bytes) -> tuple[str | None, str | None]:
-    """Best effort (job id, task) of a payload that did not decode, for dead-letter records."""
+    """Best effort (job id, task) of a payload that did not decode, for dead-letter records.
+
+    Either is None unless it is a legal job id or task name.
+    """
     try:
         doc = _loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(doc, dict):
         return None, None
     job_id, task = doc.get("id"), doc.get("task")
-    return (job_id if isinstance(job_id, str) else None, task if isinstance(task, str) else None)
+    try:
+        task = fields.task_name(task)
+    except fields.FieldError:
+        task = None
+    return (job_id if is_job_id(job_id) else None, task)
+
+
+def sent_id(data: bytes) -> Any:
+    """The ``id`` field of a payload as sent, whatever it is (None if there is none)."""
+    try:
+        doc = _loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return doc.get("id") if isinstance(doc, dict) else None
 
 
 def pickle_value(value: Any, secret_key: bytes | None, *, bind: str, what: str) -> dict[str, str]:

@@ -27,7 +27,31 @@ class PublishError(JsqueueError):
     """The server did not confirm a publish; the job may be stored or not (retry with its id)."""
 
 
-class PayloadTooLarge(PublishError):
+# What a NATS operation's failure means to its caller. The broker layer translates every nats-py
+# error into one of these, so a caller can act on it without importing nats.
+
+
+class WireError(JsqueueError):
+    """A NATS operation failed; the subclass says whether trying again can help."""
+
+
+class TransientError(WireError):
+    """Try again: the server timed out, is electing a leader, or we are reconnecting."""
+
+
+class RefusedError(WireError):
+    """The server refused the operation for lack of permission."""
+
+
+class InvalidError(WireError):
+    """The operation can never succeed as sent: a bad key or subject, or over a size limit."""
+
+
+class ConnectionLost(WireError):
+    """The connection to NATS is closed for good; only a new client can go on."""
+
+
+class PayloadTooLarge(PublishError, InvalidError):
     """The encoded job is larger than the server's max_payload; nothing was published."""
 
 
@@ -50,8 +74,16 @@ class SignatureError(DecodeError):
     """A pickled payload was unsigned or wrongly signed; it was never unpickled."""
 
 
+class MalformedError(DecodeError):
+    """A field of the envelope has the wrong type or an illegal value (the message names it)."""
+
+
 class SerializeError(JsqueueError):
     """Arguments or a return value cannot be encoded with the task's serializer."""
+
+
+class ResultTooLarge(SerializeError):
+    """A return value encodes to more than the result store accepts; the job fails once."""
 
 
 class TaskFailed(JsqueueError):

@@ -132,6 +132,7 @@ async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> None:
             await enqueued(broker, env)
 
 
-def replayed(env: Envelope) -> Envelope:
-    """A copy of a dead-lettered job under a new id that records the original's."""
-    return replace(env, id=new_job_id(), created=time.time(), eta=None, replay_of=env.id)
+def replayed(env: Envelope, job_id: str) -> Envelope:
+    """A copy of a dead-lettered job under ``job_id`` that records the original's id; it runs
+    now and does not expire."""
+    return replace(env, id=job_id, created=time.time(), eta=None, expires=None, replay_of=env.id)

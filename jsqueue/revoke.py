@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from jsqueue.results import JobState, state_record
@@ -46,7 +47,7 @@ class RevokedSet:
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
-        self._unwatch: object = None
+        self._unwatch: Callable[[], Awaitable[None]] | None = None
 
     async def start(self, app: App) -> None:
         store = await _bucket(app)
@@ -58,6 +59,15 @@ class RevokedSet:
                 self.ids.add(key)
 
         self._unwatch = await store.watch_new(on_update, replay=True)
+
+    async def stop(self) -> None:
+        """Stop watching (a worker that ends, or starts again on a new connection)."""
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            try:
+                await unwatch()
+            except Exception as exc:  # the connection is gone already
+                log.debug("unwatching revoked jobs failed: %r", exc)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self.ids

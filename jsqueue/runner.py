@@ -1,8 +1,11 @@
-"""Running one job: decode it, decide its fate, carry the decision out, log one line.
+"""Running one job: decode it, check it, run its task, and plan its settlement.
 
-The worker hands each delivery to :meth:`JobRunner.process`. A job is acked only after its outcome
-is recorded; a failure is retried with ``nak(delay)`` from the task's policy or dead-lettered
-(a DLQ record first, then ``term``). Nothing here pulls, counts slots or handles signals.
+The worker hands each delivery to :meth:`JobRunner.process`. Whatever a message holds or a task
+does, the delivery ends in exactly one plan (:mod:`jsqueue.outcome`), carried out by
+:class:`jsqueue.settle.Settler`: a malformed message is dead-lettered without running, a job whose
+outcome is already recorded is acked without running again, a task's failure follows its retry
+policy. Only a transient failure of the server leaves a job unacked, to come back. Nothing here
+pulls, counts slots or handles signals.
 """
 
 from __future__ import annotations
@@ -12,64 +15,45 @@ import contextvars
 import functools
 import logging
 import time
-import traceback
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any
+from types import FrameType
 
-from jsqueue import dlq
+from jsqueue import outcome
 from jsqueue.app import App
 from jsqueue.broker import Broker
+from jsqueue.config import is_job_id, shorten
 from jsqueue.context import reset_current, set_current
-from jsqueue.continuation import after_failure, after_success, has_followers
-from jsqueue.envelope import Envelope, decode, peek
+from jsqueue.continuation import has_followers
+from jsqueue.envelope import decode, peek, sent_id
 from jsqueue.errors import (
     ArgumentsError,
     DecodeError,
+    JsqueueError,
+    MalformedError,
+    ResultTooLarge,
     SerializeError,
     SignatureError,
     TimeLimitExceeded,
 )
 from jsqueue.hooks import Hooks, JobEvent, emit
-from jsqueue.outcome import ACK, Action, Decision, Reason, dead, decide, unknown_task
+from jsqueue.outcome import Plan, Reason, Record
+from jsqueue.producer import MSG_ID
 from jsqueue.puller import Delivery
-from jsqueue.results import JobState, ResultBackend, state_record, success_record
+from jsqueue.results import JobState, Outcome, ResultBackend, state_record, success_record
 from jsqueue.revoke import RevokedSet
-from jsqueue.task import Task
+from jsqueue.settle import Job, Settler, WorkerStats, is_transient, times
 
 log = logging.getLogger("jsqueue.worker")
 
-#: Failures dead-lettered with state FAILURE (the task ran and raised); the rest are DEAD.
-_TASK_FAILURES = frozenset({Reason.EXHAUSTED, Reason.NOT_RETRYABLE, Reason.UNSERIALIZABLE_RESULT})
+__all__ = ["JobRunner", "WorkerStats"]
+
+#: Bytes a result record may take below the server's max_payload (subject, headers, framing).
+_RECORD_SLACK = 1024
 
 
-@dataclass
-class WorkerStats:
-    """Counters of one worker's outcomes."""
-
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    skipped: int = 0
-
-    @property
-    def processed(self) -> int:
-        return self.succeeded + self.failed + self.dead_lettered + self.skipped
-
-    def summary(self) -> str:
-        return (
-            f"{self.succeeded} succeeded, {self.failed} failed, {self.retried} retried, "
-            f"{self.dead_lettered} dead-lettered, {self.skipped} skipped"
-        )
-
-
-@dataclass
-class _Attempt:
-    """What one run of a task produced."""
-
-    error: BaseException | None = None
-    value: Any = None
+class CrashLoop(JsqueueError):
+    """A job was delivered more than ``max_deliver`` times without an outcome."""
 
 
 class JobRunner:
@@ -83,7 +67,8 @@ class JobRunner:
         results: ResultBackend,
         revoked: RevokedSet,
         pool: Executor,
-        hooks: list[Hooks],
+        hooks: Sequence[Hooks],
+        stats: WorkerStats | None = None,
     ) -> None:
         self.app = app
         self.id = worker_id
@@ -92,303 +77,236 @@ class JobRunner:
         self.revoked = revoked
         self.pool = pool
         self.hooks = hooks
-        self.stats = WorkerStats()
+        self.stats = stats if stats is not None else WorkerStats()
+        self.settler = Settler(app, worker_id, broker, results, hooks, self.stats)
         #: job id -> (task, queue, wall-clock start) of the jobs running now
         self.running: dict[str, tuple[str, str, float]] = {}
+        #: job id -> set once the delivery running it here is settled
+        self._settled: dict[str, asyncio.Event] = {}
 
     async def process(self, delivery: Delivery) -> None:
-        """Decode, run and settle one delivery."""
+        """Decode, run and settle one delivery; only a transient server failure propagates."""
+        job = Job(delivery)
+        try:
+            plan = await self._plan(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.exception("%s: jsqueue failed on this job", job.label)
+            job.error = exc
+            plan = outcome.dead(Reason.WORKER_ERROR, followers=False)
+        if job.task is not None and job.task.options.ignore_result:
+            plan = plan.without_result()
+        try:
+            await self.settler.settle(job, plan)
+        finally:
+            if job.env is not None and job.env.id in self._settled and job.owns_run:
+                self._settled.pop(job.env.id).set()
+
+    async def _plan(self, job: Job) -> Plan:
+        delivery = job.delivery
         try:
             env = decode(delivery.data, self.app.settings.secret_key)
         except DecodeError as exc:
-            reason = Reason.BAD_SIGNATURE if isinstance(exc, SignatureError) else Reason.UNDECODABLE
-            await self._dead_letter(delivery, None, dead(reason), exc, time.monotonic())
-            return
-        self.running[env.id] = (env.task, env.queue, time.time())
-        try:
-            await self._process(delivery, env)
-        finally:
-            self.running.pop(env.id, None)
-
-    async def _process(self, delivery: Delivery, env: Envelope) -> None:
+            return self._undecodable(job, exc)
+        job.env, job.job_id, job.task_name = env, env.id, env.task
+        job.task = self.app.tasks.get(env.task)
+        followers = has_followers(env)
         attempt = delivery.attempt
         settings = self.app.settings
-        started = time.monotonic()
+        running_here = self._settled.get(env.id)
+        if running_here is not None:  # a redelivery of a job this worker runs now
+            await running_here.wait()
+        if attempt > 1 or running_here is not None:
+            recorded = await self._recorded(env.id)
+            if recorded is not None:
+                job.why = f"already {recorded.state} (delivery {attempt})"
+                success = recorded.state is JobState.SUCCESS
+                if success and followers:
+                    job.value = recorded.value(settings.secret_key)
+                return outcome.already_final(success, followers=followers)
         if attempt > settings.max_deliver:
-            crash = RuntimeError(
+            job.error = CrashLoop(
                 f"delivered {attempt} times without an outcome (max_deliver="
                 f"{settings.max_deliver}): the job kills or hangs its worker"
             )
-            await self._dead_letter(delivery, env, dead(Reason.CRASH_LOOP), crash, started)
-            return
+            return outcome.dead(Reason.CRASH_LOOP, followers=followers)
         if env.id in self.revoked:
-            await self._skip(delivery, env, JobState.REVOKED, "revoked")
-            return
+            job.why = "revoked"
+            return outcome.skipped(Record.REVOKED, followers=followers)
         if env.expires is not None and time.time() > env.expires:
-            await self._skip(delivery, env, JobState.EXPIRED, "expired before it could run")
-            return
-        task = self.app.tasks.get(env.task)
+            job.why = "expired before it could run"
+            return outcome.skipped(Record.EXPIRED, followers=followers)
+        task = job.task
         if task is None:
-            decision = unknown_task(
-                attempt, settings.unknown_task_retries, settings.unknown_task_delay
+            job.error = LookupError(f"no task named {env.task!r} is registered on this worker")
+            return outcome.unknown_task(
+                attempt,
+                settings.unknown_task_retries,
+                settings.unknown_task_delay,
+                followers=followers,
             )
-            error = LookupError(f"no task named {env.task!r} is registered on this worker")
-            await self._settle(delivery, env, None, decision, _Attempt(error), started)
-            return
         try:
             task.check_arguments(env.args, env.kwargs)
         except ArgumentsError as exc:
-            await self._dead_letter(delivery, env, dead(Reason.WRONG_ARGUMENTS), exc, started)
-            return
-        if task.track_started and not task.options.ignore_result:
-            await self._record_progress(env, JobState.STARTED, attempt)
-        if self.hooks:
-            await self._emit("started", env, delivery)
-        result = await self._execute(task, env, delivery)
-        policy = task.retry
-        elapsed = time.time() - env.created
-        decision = decide(
-            result.error,
-            attempt=attempt,
-            max_deliver=settings.max_deliver,
-            policy=policy,
-            elapsed=elapsed,
-        )
-        await self._settle(delivery, env, task, decision, result, started)
+            job.error = exc
+            return outcome.dead(Reason.WRONG_ARGUMENTS, followers=followers)
+        return await self._run(job)
 
-    async def _execute(self, task: Task[Any, Any], env: Envelope, delivery: Delivery) -> _Attempt:
+    def _undecodable(self, job: Job, exc: DecodeError) -> Plan:
+        """A message that is no job: dead-letter it under the best id it has."""
+        job.error = exc
+        job.job_id, job.task_name = peek(job.delivery.data)
+        if job.job_id is None:
+            sent = job.delivery.headers.get(MSG_ID)
+            if is_job_id(sent):
+                job.job_id = sent
+        if isinstance(exc, SignatureError):
+            return outcome.dead(Reason.BAD_SIGNATURE, followers=False)
+        if isinstance(exc, MalformedError):
+            given = sent_id(job.delivery.data)
+            if given is not None and not is_job_id(given):
+                job.given_id = shorten(given, 200)
+            return outcome.dead(Reason.MALFORMED, followers=False)
+        return outcome.dead(Reason.UNDECODABLE, followers=False)
+
+    async def _recorded(self, job_id: str) -> Outcome | None:
+        """The final outcome recorded for ``job_id``, or None."""
+        try:
+            found = await self.results.read(job_id)
+        except DecodeError as exc:
+            log.warning("%s; running the job as if nothing were recorded", exc)
+            return None
+        return found if found is not None and found.state.is_final else None
+
+    async def _run(self, job: Job) -> Plan:
+        env, task, delivery = job.env, job.task, job.delivery
+        assert env is not None
+        assert task is not None
+        self.running[env.id] = (env.task, env.queue, time.time())
+        self._settled[env.id] = asyncio.Event()
+        job.owns_run = True
+        try:
+            if task.track_started and not task.options.ignore_result:
+                await self._record_started(job)
+            if self.hooks:
+                await self._emit_started(job)
+            await self._execute(job)
+        finally:
+            self.running.pop(env.id, None)
+        followers = has_followers(env)
+        if job.error is None and not task.options.ignore_result:
+            reason = self._encode_result(job)
+            if reason is not None:
+                return outcome.dead(reason, followers=followers)
+        return outcome.decide(
+            job.error,
+            attempt=delivery.attempt,
+            max_deliver=self.app.settings.max_deliver,
+            policy=task.retry,
+            elapsed=time.time() - env.created,
+            followers=followers,
+        )
+
+    def _encode_result(self, job: Job) -> Reason | None:
+        """Encode the SUCCESS record; the reason to dead-letter if it cannot be stored."""
+        env, task = job.env, job.task
+        assert env is not None
+        assert task is not None
+        try:
+            job.result = success_record(
+                env.id,
+                job.value,
+                task.serializer,
+                self.app.settings.secret_key,
+                task=env.task,
+                attempts=job.delivery.attempt,
+                worker=self.id,
+                **times(job.started),
+            )
+        except SerializeError as exc:
+            job.error = exc
+            return Reason.UNSERIALIZABLE_RESULT
+        limit = self.broker.max_payload - _RECORD_SLACK
+        if len(job.result) > limit:
+            job.error = ResultTooLarge(
+                f"the return value of {env.task} encodes to {len(job.result)} bytes; the result "
+                f"store takes at most {limit} (the server's max_payload); return a reference "
+                "(a URL, a key) instead, or set ignore_result=True"
+            )
+            return Reason.RESULT_TOO_LARGE
+        return None
+
+    async def _execute(self, job: Job) -> None:
+        env, task, delivery = job.env, job.task, job.delivery
+        assert env is not None
+        assert task is not None
         token = set_current(env, delivery.attempt, self.id)
         try:
             if task.is_async:
                 limit = task.options.time_limit
                 if limit is None:
-                    value = await task.fn(*env.args, **env.kwargs)
-                else:
-                    deadline = asyncio.timeout(limit)
-                    try:
-                        async with deadline:
-                            value = await task.fn(*env.args, **env.kwargs)
-                    except TimeoutError as exc:
-                        if not deadline.expired():
-                            return _Attempt(error=exc)  # the task's own time-out, not ours
-                        return _Attempt(
-                            TimeLimitExceeded(f"{task.name} ran past its time_limit of {limit}s")
+                    job.value = await task.fn(*env.args, **env.kwargs)
+                    return
+                deadline = asyncio.timeout(limit)
+                try:
+                    async with deadline:
+                        job.value = await task.fn(*env.args, **env.kwargs)
+                except TimeoutError as exc:
+                    if not deadline.expired():
+                        job.error = exc  # the task's own time-out, not ours
+                    else:
+                        job.error = TimeLimitExceeded(
+                            f"{task.name} ran past its time_limit of {limit}s"
                         )
             else:
                 call = functools.partial(task.fn, *env.args, **env.kwargs)
                 loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self.pool, contextvars.copy_context().run, call)
-            return _Attempt(value=value)
+                job.value = await loop.run_in_executor(
+                    self.pool, contextvars.copy_context().run, call
+                )
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            return _Attempt(error=exc)
+            job.error = exc
         finally:
             reset_current(token)
 
-    async def _settle(
-        self,
-        delivery: Delivery,
-        env: Envelope,
-        task: Task[Any, Any] | None,
-        decision: Decision,
-        result: _Attempt,
-        started: float,
-    ) -> None:
-        store = task is not None and not task.options.ignore_result
-        if decision is ACK:
-            if store:
-                assert task is not None
-                try:
-                    record = success_record(
-                        env.id,
-                        result.value,
-                        task.serializer,
-                        self.app.settings.secret_key,
-                        task=env.task,
-                        attempts=delivery.attempt,
-                        worker=self.id,
-                        **_times(started),
-                    )
-                except SerializeError as exc:
-                    decision = dead(Reason.UNSERIALIZABLE_RESULT)
-                    await self._dead_letter(delivery, env, decision, exc, started)
-                    return
-                await self.results.write_final(env.id, record)
-            if has_followers(env):
-                await after_success(self.app, env, result.value)
-            await delivery.ack()
-            self.stats.succeeded += 1
-            self._log(env, delivery, "succeeded", started)
-            if self.hooks:
-                await self._emit("succeeded", env, delivery, started)
-        elif decision.action is Action.RETRY:
-            if store:
-                await self._record_progress(
-                    env,
-                    JobState.RETRY,
-                    delivery.attempt,
-                    retry_at=time.time() + decision.delay,
-                    error=_error_doc(result.error),
-                )
-            await delivery.nak(decision.delay)
-            self.stats.retried += 1
-            then = f", retrying in {decision.delay:.1f}s"
-            self._log(env, delivery, "failed", started, result.error, then=then)
-            if self.hooks:
-                await self._emit(
-                    "retried", env, delivery, started, result.error, delay=decision.delay
-                )
-        else:
-            await self._dead_letter(delivery, env, decision, result.error, started, store=store)
+    @staticmethod
+    def culprit(frame: FrameType) -> str | None:
+        """The job whose code runs in ``frame`` (for :class:`jsqueue.loopwatch.LoopWatch`)."""
+        execute = JobRunner._execute.__code__
+        current: FrameType | None = frame
+        while current is not None:
+            if current.f_code is execute:
+                job = current.f_locals.get("job")
+                return job.label if isinstance(job, Job) else None
+            current = current.f_back
+        return None
 
-    async def _dead_letter(
-        self,
-        delivery: Delivery,
-        env: Envelope | None,
-        decision: Decision,
-        error: BaseException | None,
-        started: float,
-        *,
-        store: bool = True,
-    ) -> None:
-        """Copy the job with why to the DLQ, record its final state, then remove it."""
-        assert decision.reason is not None
-        broker = self.broker
-        doc = _error_doc(error)
-        job_id, task = (env.id, env.task) if env else peek(delivery.data)
-        headers = dlq.build(
-            payload=delivery.data,
-            job_id=job_id or f"seq-{delivery.stream_seq}",
-            task=task or "?",
-            queue=delivery.queue,
-            reason=decision.reason.value,
-            error_type=doc["type"],
-            error_message=doc["message"],
-            traceback=doc["traceback"],
-            attempts=delivery.attempt,
-            worker=self.id,
-            jobs_seq=delivery.stream_seq,
-            max_payload=broker.max_payload,
-        )
-        await dlq.publish(broker, delivery.queue, delivery.data, headers)
-        if env is not None and store and not self._ignores_result(env):
-            failed = decision.reason in _TASK_FAILURES
-            state = JobState.FAILURE if failed else JobState.DEAD
-            record = state_record(
-                state,
-                task=env.task,
-                attempts=delivery.attempt,
-                worker=self.id,
-                reason=decision.reason.value,
-                **_times(started),
-                error=doc,
-            )
-            await self.results.write_final(env.id, record)
-        if env is not None and has_followers(env):
-            await after_failure(self.app, env, doc)
-        await delivery.term()
-        if decision.reason in _TASK_FAILURES:
-            self.stats.failed += 1
-        else:
-            self.stats.dead_lettered += 1
-        what = f"dead-lettered ({decision.reason.value})"
-        if env is None:
-            log.warning(
-                "undecodable job %s (stream seq %d) dead-lettered: %s",
-                job_id or "without id",
-                delivery.stream_seq,
-                error,
-            )
-        else:
-            self._log(env, delivery, what, started, error, level=logging.WARNING)
-        if self.hooks and env is not None:
-            kind = "failed" if decision.reason in _TASK_FAILURES else "dead_lettered"
-            await self._emit(kind, env, delivery, started, error)
-
-    def _ignores_result(self, env: Envelope) -> bool:
-        task = self.app.tasks.get(env.task)
-        return task is not None and task.options.ignore_result
-
-    async def _skip(self, delivery: Delivery, env: Envelope, state: JobState, why: str) -> None:
-        record = state_record(state, task=env.task, worker=self.id, finished=time.time(), why=why)
-        await self.results.write_final(env.id, record)
-        if has_followers(env):  # a chain cannot go on, a chord cannot complete without it
-            reason = {"type": state.value.title(), "message": f"job {env.id} {why}"}
-            await after_failure(self.app, env, {**reason, "traceback": ""})
-        await delivery.ack()
-        self.stats.skipped += 1
-        self._log(env, delivery, f"skipped: {why}", time.monotonic())
-        if self.hooks:
-            await self._emit(state.value.lower(), env, delivery)
-
-    async def _record_progress(
-        self, env: Envelope, state: JobState, attempt: int, **fields: Any
-    ) -> None:
+    async def _record_started(self, job: Job) -> None:
+        assert job.env is not None
         record = state_record(
-            state, task=env.task, attempts=attempt, worker=self.id, at=time.time(), **fields
+            JobState.STARTED,
+            task=job.env.task,
+            attempts=job.delivery.attempt,
+            worker=self.id,
+            at=time.time(),
         )
-        await self.results.write_progress(env.id, record)
+        await self.results.write_progress(job.env.id, record)
 
-    async def _emit(
-        self,
-        kind: str,
-        env: Envelope,
-        delivery: Delivery,
-        started: float | None = None,
-        error: BaseException | None = None,
-        delay: float | None = None,
-    ) -> None:
+    async def _emit_started(self, job: Job) -> None:
+        env = job.env
+        assert env is not None
         event = JobEvent(
-            kind=kind,
+            kind="started",
             job_id=env.id,
             task=env.task,
             queue=env.queue,
             time=time.time(),
-            attempt=delivery.attempt,
+            attempt=job.delivery.attempt,
             worker=self.id,
-            duration=None if started is None else time.monotonic() - started,
-            delay=delay,
-            error=None if error is None else f"{type(error).__name__}: {error}",
         )
         await emit(self.hooks, event)
-
-    def _log(
-        self,
-        env: Envelope,
-        delivery: Delivery,
-        what: str,
-        started: float,
-        error: BaseException | None = None,
-        level: int = logging.INFO,
-        then: str = "",
-    ) -> None:
-        """One line per job outcome: task[id] what in N ms (attempt n), then: cause."""
-        if not log.isEnabledFor(level):
-            return
-        took = (time.monotonic() - started) * 1000
-        cause = f": {type(error).__name__}: {error}" if error is not None else ""
-        log.log(
-            level,
-            "%s[%s] %s in %.1fms (attempt %d)%s%s",
-            env.task,
-            env.id,
-            what,
-            took,
-            delivery.attempt,
-            then,
-            cause,
-        )
-
-
-def _times(started: float) -> dict[str, float]:
-    """Wall-clock start and finish of a job that started at monotonic time ``started``."""
-    now = time.time()
-    return {"started": now - (time.monotonic() - started), "finished": now}
-
-
-def _error_doc(error: BaseException | None) -> dict[str, str]:
-    if error is None:
-        return {"type": "", "message": "", "traceback": ""}
-    text = "".join(traceback.format_exception(error))
-    return {"type": type(error).__name__, "message": str(error), "traceback": text}

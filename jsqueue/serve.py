@@ -50,6 +50,7 @@ async def serve(url: str, port: int | None, store_dir: str) -> None:
         await _until_stopped_or_dead(server, stop)
     finally:
         await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.cleanup)  # its run dir; the store dir is the user's
         log.info("nats-server stopped")
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from jsqueue import dlq
+from jsqueue.config import JOB_ID_RULE, is_job_id, shorten
 from jsqueue.envelope import decode, peek
 from jsqueue.errors import DecodeError, JsqueueError
 from jsqueue.registry import REGISTRY_TTL, WorkerRegistry
@@ -166,6 +167,16 @@ async def locate_job(app: App, job_id: str) -> dict[str, Any]:
     """Where a job is and what is known of it; :class:`JsqueueError` if it is nowhere."""
     broker = await app.broker()
     found: dict[str, Any] = {"id": job_id}
+    legal = is_job_id(job_id)
+    if not legal:  # no record or schedule can have it; a dead letter may (as sent)
+        letter = await dlq.find(broker, job_id)
+        if letter is None:
+            raise JsqueueError(
+                f"job id {shorten(job_id)} is not a legal job id ({JOB_ID_RULE}); no dead "
+                "letter was sent with it either"
+            )
+        found.update(where="dead-lettered", state="DEAD", dead_letter=letter.to_dict(False))
+        return found
     outcome = await (await app.result_backend()).read(job_id)
     if outcome is not None:
         found.update({k: v for k, v in outcome.record.items() if k not in ("pickle", "sig")})

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from jsqueue.canvas import Signature
-from jsqueue.config import Serializer, check_queue
+from jsqueue.config import Serializer, check_job_id, check_queue
 from jsqueue.errors import ArgumentsError, ConfigError, JsqueueError
 from jsqueue.producer import build_envelope, send, send_many
 from jsqueue.results import AsyncResult
@@ -203,6 +203,10 @@ class Task(Generic[P, R]):
             )
         await send_many(broker, envelopes)
         return [AsyncResult(self.app, env.id, self.name) for env in envelopes]
+
+    def result(self, job_id: str) -> AsyncResult[R]:
+        """A handle on job ``job_id`` of this task, typed with its result."""
+        return AsyncResult(self.app, check_job_id(job_id), self.name)
 
     # -- canvas --------------------------------------------------------------------------------
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsqueue.app import App
+from jsqueue.broker import Broker
 from jsqueue.config import check_queue
 from jsqueue.errors import ConfigError
 from jsqueue.events import EventPublisher
 from jsqueue.hooks import Hooks, queue_stats
+from jsqueue.loopwatch import LoopWatch
 from jsqueue.puller import Delivery, Puller
 from jsqueue.registry import REGISTRY_EVERY, REGISTRY_TTL, WorkerRegistry, versions
 from jsqueue.revoke import RevokedSet
@@ -54,8 +56,9 @@ class Worker:
         burst: bool = False,
         grace: float = 30.0,
         worker_id: str | None = None,
+        block_warning: float | None = None,
     ) -> None:
-        self.queues = [check_queue(q) for q in (queues or [app.settings.default_queue])]
+        self.queues = _queues(queues, app.settings.default_queue)
         if concurrency < len(self.queues):
             raise ConfigError(
                 f"concurrency {concurrency} is less than the {len(self.queues)} queue(s) to "
@@ -65,6 +68,8 @@ class Worker:
         self.concurrency = concurrency
         self.burst = burst
         self.grace = grace
+        #: seconds the event loop may be blocked before the blocking task is named in a warning
+        self.block_warning = block_warning or min(1.0, app.settings.ack_wait / 3)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.hooks: list[Hooks] = list(app.hooks)
         self.started_at = time.time()
@@ -74,11 +79,20 @@ class Worker:
         self._stop = asyncio.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="jsqueue-task")
         self._runner: JobRunner | None = None
+        self._stats = WorkerStats()
+        self._broker: Broker | None = None
+        self._registry: WorkerRegistry | None = None
+        self._revoked: RevokedSet | None = None
+        self._background: list[asyncio.Task[None]] = []
+        #: seconds to get a new connection after nats-py closed the old one for good
+        self.reconnect_timeout = 60.0
+        #: connections this worker has run on (more than one after a connection was lost)
+        self.sessions = 0
         self.started = asyncio.Event()
 
     @property
     def stats(self) -> WorkerStats:
-        return self._runner.stats if self._runner else WorkerStats()
+        return self._stats
 
     @property
     def running(self) -> dict[str, tuple[str, str, float]]:
@@ -96,61 +110,129 @@ class Worker:
         return self._stop.is_set()
 
     async def run(self, wait_for_server: float = 0.0) -> WorkerStats:
-        """Run until :meth:`stop` (or, with ``burst``, until the queues are empty)."""
+        """Run until :meth:`stop` (or, with ``burst``, until the queues are empty).
+
+        A connection that nats-py closes for good (it does so on some server errors) is
+        replaced by a new one: the worker never stays alive and idle. If no new connection
+        comes within ``reconnect_timeout`` seconds, :class:`ConnectError` ends the run.
+        """
+        watch = LoopWatch(self.block_warning, JobRunner.culprit)
+        watch.start()
+        try:
+            await self._open(wait_for_server)
+            while await self._serve():
+                await self._reopen()
+        finally:
+            watch.stop()
+            await self._close()
+        log.info("worker %s stopped: %s", self.id, self.stats.summary())
+        return self.stats
+
+    async def _open(self, wait_for_server: float) -> None:
+        """Connect and set everything up: runner, registry, one puller per queue."""
         await self.app.connect(wait=wait_for_server)
         broker = await self.app.broker()
-        revoked = RevokedSet()
-        await revoked.start(self.app)
+        self._broker = broker
+        self.sessions += 1
+        self._revoked = RevokedSet()
+        await self._revoked.start(self.app)
+        hooks = list(self.hooks)
         if self.app.settings.events:
-            self.hooks.append(EventPublisher(broker))
+            hooks.append(EventPublisher(broker))
         results = await self.app.result_backend()
         self._runner = JobRunner(
-            self.app, self.id, broker, results, revoked, self._pool, self.hooks
+            self.app, self.id, broker, results, self._revoked, self._pool, hooks, self._stats
         )
         registry = WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL))
+        self._registry = registry
         shares = _split(self.concurrency, len(self.queues))
+        self._lanes = {}
         for queue, share in zip(self.queues, shares, strict=True):
             consumer = await broker.ensure_consumer(queue)
             puller = Puller(broker, queue, consumer, share, self._on_delivery, self._on_late)
             self._lanes[queue] = _Lane(puller)
-        background = [
+        self._background = [
             asyncio.create_task(self._heartbeats()),
             asyncio.create_task(self._report(registry)),
         ]
         if self.burst:
-            background.append(asyncio.create_task(self._burst_watch()))
+            self._background.append(asyncio.create_task(self._burst_watch()))
+        for lane in self._lanes.values():
+            await lane.puller.start()
+        log.info(
+            "worker %s ready: queues %s, concurrency %d, NATS %s",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            broker.url,
+        )
+        self.started.set()
+
+    async def _serve(self) -> bool:
+        """Wait for a stop (drain, return False) or a lost connection (return True)."""
+        assert self._broker is not None
+        stop = asyncio.ensure_future(self._stop.wait())
+        lost = asyncio.ensure_future(self._broker.lost.wait())
         try:
-            for lane in self._lanes.values():
-                await lane.puller.start()
-            log.info(
-                "worker %s ready: queues %s, concurrency %d, NATS %s",
-                self.id,
-                ",".join(self.queues),
-                self.concurrency,
-                broker.url,
-            )
-            self.started.set()
-            try:
-                await self._stop.wait()
-            except asyncio.CancelledError:
-                # cancelled (run_worker in a task of yours): stop now, give every job back
-                self.grace = 0.0
-                self._stop.set()
-                await self._drain()
-                raise
+            await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # cancelled (run_worker in a task of yours): stop now, give every job back
+            self.grace = 0.0
+            self._stop.set()
             await self._drain()
+            raise
         finally:
-            for task in background:
-                task.cancel()
-            for lane in self._lanes.values():
-                await lane.puller.close()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            await registry.remove(self.id)
-            for hook in self.hooks:
-                await hook.on_worker_stop()
-            await broker.flush()
-        log.info("worker %s stopped: %s", self.id, self.stats.summary())
-        return self.stats
+            stop.cancel()
+            lost.cancel()
+        if self._stop.is_set() or not self._broker.lost.is_set():
+            await self._drain()
+            return False
+        return True
+
+    async def _reopen(self) -> None:
+        """The connection is closed for good: drop this session's jobs and start again."""
+        assert self._broker is not None
+        log.error(
+            "worker %s: NATS closed the connection for good (%s); its %d running job(s) will "
+            "come back after ack_wait; connecting again with a new client",
+            self.id,
+            self._broker.lost_reason,
+            len(self._tasks),
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+        await self._close_session()
+        await self._open(self.reconnect_timeout)
+        log.warning("worker %s: connected again; serving on", self.id)
+
+    async def _close_session(self) -> None:
+        for task in self._background:
+            task.cancel()
+        self._background = []
+        for lane in self._lanes.values():
+            lane.backlog.clear()
+            await lane.puller.close()
+        self._active.clear()
+        if self._revoked is not None:
+            await self._revoked.stop()
+        # the app's next use in this loop connects anew (App notices the lost connection)
+
+    async def _close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for lane in self._lanes.values():
+            await lane.puller.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._registry is not None:
+            await self._registry.remove(self.id)
+        if self._revoked is not None:
+            await self._revoked.stop()
+        for hook in self.hooks:
+            await hook.on_worker_stop()
+        if self._broker is not None and self._broker.is_connected:
+            await self._broker.flush()
 
     async def _drain(self) -> None:
         """Stop pulling, let running jobs finish within ``grace``, give back the rest.
@@ -254,7 +336,8 @@ class Worker:
             try:
                 await registry.beat(self.record())
                 if self.hooks:
-                    broker = await self.app.broker()
+                    broker = self._broker
+                    assert broker is not None
                     for queue in self.queues:
                         info = await broker.consumer_info(queue)
                         if info is not None:
@@ -289,7 +372,8 @@ class Worker:
 
     async def _burst_watch(self) -> None:
         """In burst mode, stop once no queue has jobs ready or unacked and nothing runs."""
-        broker = await self.app.broker()
+        broker = self._broker
+        assert broker is not None
         while not self.stopping:
             await asyncio.sleep(0.05)
             if self._tasks or any(lane.backlog for lane in self._lanes.values()):
@@ -303,6 +387,18 @@ class Worker:
             if idle and not self._tasks:
                 log.info("worker %s: queues are empty (burst mode)", self.id)
                 self.stop()
+
+
+def _queues(queues: Sequence[str] | None, default: str) -> list[str]:
+    if queues is None:
+        return [default]
+    if isinstance(queues, str) or not queues:
+        raise ConfigError(f"queues must be a list of queue names, e.g. ['default'], not {queues!r}")
+    checked = [check_queue(q) for q in queues]
+    twice = sorted({q for q in checked if checked.count(q) > 1})
+    if twice:
+        raise ConfigError(f"queue(s) {', '.join(twice)} given more than once")
+    return checked
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -320,6 +416,7 @@ async def run_worker(
     grace: float = 30.0,
     wait_for_server: float = 0.0,
     worker_id: str | None = None,
+    block_warning: float | None = None,
 ) -> WorkerStats:
     """Run a worker for ``app`` in the current event loop until it is stopped.
 
@@ -336,5 +433,6 @@ async def run_worker(
         burst=burst,
         grace=grace,
         worker_id=worker_id,
+        block_warning=block_warning,
     )
     return await worker.run(wait_for_server=wait_for_server)

@@ -98,7 +98,13 @@ def worker(
         except (JsqueueError, OSError) as exc:
             raise click.ClickException(f"metrics on port {metrics_port}: {exc}") from None
         app.add_hook(metrics)
-    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    queue_list = None
+    if queues is not None:
+        queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+        if not queue_list:
+            raise click.BadParameter(
+                f"{queues!r} names no queue; give e.g. -Q default,emails", param_hint="-Q"
+            )
     try:
         runner = Worker(
             app,

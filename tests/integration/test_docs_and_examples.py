@@ -175,8 +175,13 @@ def test_procfile_system_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_server_command_starts_is_reused_and_stops(tmp_path: Path) -> None:
     port = str(free_port())
+    scratch = tmp_path / "tmp"  # where the server's run dir goes
+    scratch.mkdir()
     first = Process.jsqueue(
-        "server", "--port", port, "--store-dir", str(tmp_path / "s"), log_dir=tmp_path, name="first"
+        *("server", "--port", port, "--store-dir", str(tmp_path / "s")),
+        env={"TMPDIR": str(scratch)},
+        log_dir=tmp_path,
+        name="first",
     )
     second = Process.jsqueue("server", "--port", port, log_dir=tmp_path, name="second")
     with first:
@@ -186,8 +191,10 @@ def test_server_command_starts_is_reused_and_stops(tmp_path: Path) -> None:
                 second, "already answers at nats://127.0.0.1:" + port + "; using it", 30
             )
             assert second.stop() == 0
+        assert list(scratch.glob("jsqueue-nats-run-*"))
         assert first.stop() == 0
     assert "nats-server stopped" in first.output()
+    assert list(scratch.iterdir()) == []  # the run dir went with the server
     with (
         pytest.raises(ConnectionRefusedError),
         socket.create_connection(("127.0.0.1", int(port)), timeout=1),

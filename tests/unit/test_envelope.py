@@ -1,10 +1,11 @@
 import json
+import re
 import time
 
 import pytest
 
-from jsqueue.envelope import Envelope, decode, encode, new_job_id
-from jsqueue.errors import DecodeError, SerializeError, SignatureError
+from jsqueue.envelope import Envelope, decode, encode, new_job_id, peek, to_json
+from jsqueue.errors import DecodeError, MalformedError, SerializeError, SignatureError
 
 KEY = b"k" * 32
 
@@ -101,8 +102,9 @@ def test_pickle_without_app_key_is_refused() -> None:
         (b'{"v": 1, "id": "x"', "not JSON"),
         (b"[1, 2]", "not an envelope"),
         (b'{"v": 99, "id": "x", "task": "t"}', "version 99"),
-        (b'{"v": 1, "task": "t"}', "missing or malformed"),
-        (b'{"v": 1, "id": "x", "task": "t", "args": 5}', "args must be a list"),
+        (b'{"v": 1, "task": "t"}', "field 'id' is missing"),
+        (b'{"v": 1, "id": "x", "task": "t", "args": 5}', "field 'args': expected a list"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests JSON too deeply"),
     ],
 )
 def test_bad_payloads_raise_decode_error_keeping_the_bytes(data: bytes, match: str) -> None:
@@ -117,3 +119,86 @@ def test_job_ids_are_unique_and_sort_by_time() -> None:
     later = [new_job_id() for _ in range(1000)]
     assert len(set(later)) == 1000
     assert all(first < other for other in later)
+
+
+MALFORMED = [
+    ({"id": "x" * 10_000}, "field 'id'"),
+    ({"id": "has:colon and space"}, "field 'id'"),
+    ({"id": "*"}, "field 'id'"),
+    ({"id": "a..b"}, "field 'id'"),
+    ({"id": ""}, "field 'id'"),
+    ({"id": "order:1"}, "field 'id'"),
+    ({"id": "trailing\n"}, "field 'id'"),
+    ({"id": 42}, "field 'id'"),
+    ({"task": ""}, "field 'task'"),
+    ({"task": "t" * 1_000_000}, "field 'task'"),
+    ({"task": "bell\x07"}, "control characters"),
+    ({"task": ["list"]}, "field 'task'"),
+    ({"queue": "no spaces"}, "field 'queue'"),
+    ({"queue": 7}, "field 'queue'"),
+    ({"kwargs": [1]}, "field 'kwargs'"),
+    ({"eta": "soon"}, "field 'eta'"),
+    ({"expires": "soon"}, "field 'expires'"),
+    ({"expires": True}, "field 'expires'"),
+    ({"expires": float("nan")}, "field 'expires'"),
+    ({"created": None}, "field 'created'"),
+    ({"parent_id": "a b"}, "field 'parent_id'"),
+    ({"root_id": 5}, "field 'root_id'"),
+    ({"replay_of": ""}, "field 'replay_of'"),
+    ({"link": "abc"}, "field 'link'"),
+    ({"link": [42]}, "field 'link[0]'"),
+    ({"link": [{"task": "t", "options": {"job_id": "a:b"}}]}, "field 'link[0].options.job_id'"),
+    ({"link": [{"task": "t", "options": {"eta": "later"}}]}, "field 'link[0].options.eta'"),
+    ({"link": [{"task": "t", "options": {"colour": 1}}]}, "unknown option"),
+    ({"link": [{"task": "t", "args": {}}]}, "field 'link[0].args'"),
+    ({"link": [{"task": "t", "immutable": "yes"}]}, "immutable"),
+    ({"chord": "nochord"}, "field 'chord'"),
+    ({"chord": {"id": "c", "index": 3, "size": 3}}, "field 'chord.index'"),
+    ({"chord": {"id": "c", "index": 0, "size": 0}}, "field 'chord.size'"),
+    ({"chord": {"id": "c:1", "index": 0, "size": 1}}, "field 'chord.id'"),
+    ({"chord": {"id": "c", "index": True, "size": 2}}, "field 'chord.index'"),
+    ({"headers": {"a": 1}}, "field 'headers'"),
+    ({"headers": "x"}, "field 'headers'"),
+]
+
+
+@pytest.mark.parametrize(("change", "match"), MALFORMED)
+def test_a_field_of_the_wrong_type_or_value_is_malformed(
+    change: dict[str, object], match: str
+) -> None:
+    doc = {"v": 1, "id": "ok", "task": "t", "args": [], "kwargs": {}, **change}
+    data = json.dumps(doc).encode()
+    with pytest.raises(MalformedError, match=re.escape(match)) as info:
+        decode(data)
+    assert info.value.raw == data
+    assert len(str(info.value)) < 400  # a hostile value is quoted short
+
+
+def test_unknown_fields_are_ignored_and_good_fields_kept() -> None:
+    doc = {
+        "v": 1,
+        "id": "a.b/c=d_e-f",
+        "task": "m.t",
+        "future_field": {"x": 1},
+        "link": [{"task": "m.next", "args": [1], "options": {"job_id": "n1", "countdown": 2}}],
+        "chord": {"id": "c1", "index": 1, "size": 2},
+        "expires": 1e10,
+    }
+    env = decode(json.dumps(doc).encode())
+    assert (env.id, env.task, env.expires) == ("a.b/c=d_e-f", "m.t", 1e10)
+    assert env.link[0]["options"]["job_id"] == "n1"
+    assert env.chord == {"id": "c1", "index": 1, "size": 2}
+
+
+def test_peek_gives_only_legal_ids_and_names() -> None:
+    assert peek(b'{"id": "ok", "task": "t"}') == ("ok", "t")
+    assert peek(b'{"id": "no:colon", "task": "' + b"t" * 500 + b'"}') == (None, None)
+    assert peek(b"[" * 100_000) == (None, None)
+
+
+def test_a_deeply_nested_value_is_a_serialize_error() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(SerializeError, match="nests too deeply"):
+        to_json({"result": deep}, what="the return value of t")

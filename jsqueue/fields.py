@@ -1,0 +1,149 @@
+"""Checks of the fields a job carries on the wire: what a worker refuses before it runs anything.
+
+A producer in another language (or a hostile one) can put anything in an envelope. Every field is
+checked for its type and its rules when the envelope is decoded, so a wrong one is dead-lettered
+at once as ``malformed``, naming the field, and never reaches the task, a KV key or a subject.
+Each check raises :class:`FieldError` with a message that names the field and the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jsqueue.config import JOB_ID_RULE, is_job_id, is_queue_name, shorten
+
+#: The longest task name a worker accepts (it appears in logs, records and headers).
+TASK_NAME_MAX = 200
+#: The most canvas steps one envelope may carry after itself.
+LINK_MAX = 1000
+#: Send options a signature may carry, and the type each must have.
+SIGNATURE_OPTIONS = frozenset({"queue", "countdown", "eta", "expires", "job_id", "headers"})
+
+
+class FieldError(ValueError):
+    """A field of an envelope breaks its rule."""
+
+
+def job_id(value: Any, field: str = "id") -> str:
+    if value is None:
+        raise FieldError(f"field {field!r} is missing")
+    if not is_job_id(value):
+        raise FieldError(f"field {field!r}: job id {shorten(value)} is not allowed: {JOB_ID_RULE}")
+    return str(value)
+
+
+def optional_job_id(value: Any, field: str) -> str | None:
+    return None if value is None else job_id(value, field)
+
+
+def task_name(value: Any, field: str = "task") -> str:
+    if value is None:
+        raise FieldError(f"field {field!r} is missing")
+    if not isinstance(value, str) or not 0 < len(value) <= TASK_NAME_MAX:
+        raise FieldError(
+            f"field {field!r}: a task name is a string of 1-{TASK_NAME_MAX} characters, "
+            f"not {shorten(value)}"
+        )
+    if not value.isprintable():
+        raise FieldError(f"field {field!r}: task name {shorten(value)} has control characters")
+    return str(value)
+
+
+def queue(value: Any, field: str = "queue") -> str:
+    if not is_queue_name(value):
+        raise FieldError(
+            f"field {field!r}: queue {shorten(value)} must be 1-64 letters, digits, '_' or '-'"
+        )
+    return str(value)
+
+
+def number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FieldError(f"field {field!r}: expected a number (Unix seconds), not {shorten(value)}")
+    return float(value)
+
+
+def optional_number(value: Any, field: str) -> float | None:
+    return None if value is None else number(value, field)
+
+
+def args(value: Any, field: str = "args") -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise FieldError(f"field {field!r}: expected a list of arguments, not {shorten(value)}")
+    return tuple(value)
+
+
+def kwargs(value: Any, field: str = "kwargs") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FieldError(f"field {field!r}: expected an object of arguments, not {shorten(value)}")
+    return value
+
+
+def headers(value: Any, field: str = "headers") -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise FieldError(f"field {field!r}: expected an object of strings, not {shorten(value)}")
+    return value
+
+
+def chord(value: Any) -> dict[str, Any] | None:
+    """``{"id": chord id, "index": 0.., "size": 1..}`` or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise FieldError(f"field 'chord': expected an object, not {shorten(value)}")
+    job_id(value.get("id"), "chord.id")
+    size, index = value.get("size"), value.get("index")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise FieldError(f"field 'chord.size': expected a whole number >= 1, not {shorten(size)}")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
+        raise FieldError(
+            f"field 'chord.index': expected a whole number from 0 to {size - 1}, "
+            f"not {shorten(index)}"
+        )
+    return value
+
+
+def link(value: Any) -> tuple[dict[str, Any], ...]:
+    """The canvas steps after this job: a list of signature objects."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > LINK_MAX:
+        raise FieldError(
+            f"field 'link': expected a list of at most {LINK_MAX} signatures, not {shorten(value)}"
+        )
+    return tuple(signature(step, f"link[{i}]") for i, step in enumerate(value))
+
+
+def signature(value: Any, field: str) -> dict[str, Any]:
+    """A signature as JSON (see :meth:`jsqueue.canvas.Signature.to_dict`), checked."""
+    if not isinstance(value, dict):
+        raise FieldError(f"field {field!r}: expected a signature object, not {shorten(value)}")
+    task_name(value.get("task"), f"{field}.task")
+    args(value.get("args", []), f"{field}.args")
+    kwargs(value.get("kwargs", {}), f"{field}.kwargs")
+    if not isinstance(value.get("immutable", False), bool):
+        raise FieldError(f"field '{field}.immutable': expected true or false")
+    options = value.get("options", {})
+    if not isinstance(options, dict):
+        raise FieldError(f"field '{field}.options': expected an object, not {shorten(options)}")
+    for name, option in options.items():
+        _option(name, option, f"{field}.options.{name}")
+    return value
+
+
+def _option(name: str, value: Any, field: str) -> None:
+    if name not in SIGNATURE_OPTIONS:
+        raise FieldError(f"field {field!r}: unknown option (known: {sorted(SIGNATURE_OPTIONS)})")
+    if value is None:
+        return
+    if name == "queue":
+        queue(value, field)
+    elif name == "job_id":
+        job_id(value, field)
+    elif name == "headers":
+        headers(value, field)
+    else:
+        number(value, field)
