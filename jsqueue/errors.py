@@ -121,6 +121,10 @@ class Retry(JsqueueError):
         self.delay = delay
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[Retry], tuple[float | None, str], dict[str, object]]:
+        # the default replays args (the message) into ``delay``; a pool child pickles this
+        return type(self), (self.delay, self.reason), dict(self.__dict__)
+
 
 class Reject(JsqueueError):
     """Raise inside a task to dead-letter the job at once, without further attempts."""
@@ -128,6 +132,9 @@ class Reject(JsqueueError):
     def __init__(self, reason: str = "rejected by the task") -> None:
         super().__init__(reason)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[Reject], tuple[str], dict[str, object]]:
+        return type(self), (self.reason,), dict(self.__dict__)
 
 
 class ArgumentsError(JsqueueError, TypeError):
@@ -150,3 +157,50 @@ class GroupFailed(JsqueueError):
         super().__init__(f"{len(failures)} of {size} group members failed: {named}{more}")
         self.failures = failures
         self.size = size
+
+
+# Raised by the process pool (jsqueue.pools), which runs ``def`` tasks in child processes. They
+# cross process boundaries, so each one with its own ``__init__`` says how to pickle itself.
+
+
+class SoftTimeLimitExceeded(JsqueueError):
+    """Raised inside a task in a pool child when its soft time limit passes: catch it to clean up
+    and return (the value counts), or let it propagate; the hard limit still applies."""
+
+
+class ChildDied(JsqueueError):
+    """The pool child running the job died (a crash, the OOM killer, a kill from outside).
+
+    Only that job failed; ``exitcode`` is the child's (negative: the signal that killed it).
+    """
+
+    def __init__(self, message: str, *, pid: int = 0, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[type[ChildDied], tuple[str], dict[str, object]]:
+        return type(self), (str(self),), dict(self.__dict__)
+
+
+class Terminated(JsqueueError):
+    """The job was terminated on request (``ProcessPool.terminate``): its child was killed."""
+
+
+class PoolClosed(JsqueueError):
+    """The process pool was closed before the job could start, or killed while it ran."""
+
+
+class RemoteError(JsqueueError):
+    """Stands in for an exception a task raised in a pool child that could not be sent back
+    as itself (it would not pickle or unpickle): its type name, message and traceback text."""
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str], dict[str, object]]:
+        args = (self.remote_type, self.remote_message, self.remote_traceback)
+        return type(self), args, dict(self.__dict__)

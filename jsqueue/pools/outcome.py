@@ -1,0 +1,55 @@
+"""What running one job on a pool child produced, as the worker sees it.
+
+A value or an exception comes back as itself when it can make the trip, so the worker's retry
+policy matches exception classes as if the task had run in-process. When it cannot, a stand-in
+says why: :class:`SerializeError` for a value, :class:`RemoteError` (type name, message and
+traceback text) for an exception. The child's traceback text is ``ChildOutcome.traceback``, since
+a pickled exception loses its ``__traceback__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from jsqueue.errors import RemoteError, SerializeError
+from jsqueue.pools import protocol
+from jsqueue.pools.protocol import ChildJob, Done
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """What running one job on a child produced: ``value``, or ``error`` (what the task raised,
+    or a stand-in such as :class:`ChildDied`)."""
+
+    value: Any = None
+    error: BaseException | None = None
+    pid: int = 0
+    #: the child's resident memory after the job (None when the child did not survive it)
+    rss_mb: float | None = None
+    duration: float = 0.0
+    #: the traceback of a task's error as the child formatted it; "" for errors made here
+    traceback: str = ""
+
+
+def from_done(done: Done, job: ChildJob, pid: int) -> ChildOutcome:
+    """The parent's view of a Done: unpickled value or error, or a stand-in that says why not."""
+    common: dict[str, Any] = {"pid": pid, "rss_mb": done.rss_mb, "duration": done.duration}
+    if done.ok:
+        try:
+            value = None if done.value is None else protocol.load_blob(done.value)
+            return ChildOutcome(value=value, **common)
+        except Exception as exc:
+            error: BaseException = SerializeError(
+                f"the return value of task {job.task} (job {job.job_id}) cannot be unpickled in "
+                f"the worker: {exc!r}"
+            )
+            return ChildOutcome(error=error, **common)
+    error = RemoteError(done.error_type, done.error_message, done.traceback)
+    if done.error is not None:
+        with contextlib.suppress(Exception):
+            loaded = protocol.load_blob(done.error)
+            if isinstance(loaded, BaseException):
+                error = loaded
+    return ChildOutcome(error=error, traceback=done.traceback, **common)

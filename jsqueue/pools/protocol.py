@@ -1,0 +1,163 @@
+"""What a pool's parent and its children say to each other over their socket, and how it is framed.
+
+A frame is an 8-byte big-endian length and a pickle of one message. Messages hold only the types
+below and plain values; whatever comes from user code (a job's arguments, a return value, an
+exception, report data) rides inside as an opaque cloudpickle *blob*. A blob that cannot be
+loaded fails one job or drops one report; it never breaks the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import signal
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from jsqueue.errors import SerializeError
+
+#: The signal the parent sends when a job's soft time limit passes.
+SOFT_LIMIT_SIGNAL = signal.SIGUSR1
+
+_HEADER = struct.Struct("!Q")
+
+
+@dataclass(frozen=True)
+class ChildJob:
+    """Everything a child needs to run one job. Times are seconds; it must pickle."""
+
+    job_id: str
+    task: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    attempt: int = 1
+    queue: str = "default"
+    worker: str = ""
+    headers: dict[str, str] | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    eta: float | None = None
+    #: hard: the parent SIGKILLs the child this many seconds after handing it the job
+    time_limit: float | None = None
+    #: soft: SoftTimeLimitExceeded is raised inside the task after this many seconds
+    soft_time_limit: float | None = None
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """How a child sets itself up: the parent's directory and import path, then the app."""
+
+    app_spec: str
+    cwd: str
+    sys_path: tuple[str, ...]
+    worker_id: str = ""
+    #: the pid of the process that forks children (the forkserver); None skips the check
+    expected_ppid: int | None = None
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Child to parent: the app is loaded; send jobs."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """Child to parent: the app could not be loaded; the child exits after this."""
+
+    summary: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Parent to child: run the :class:`ChildJob` pickled in ``body``."""
+
+    job_id: str
+    task: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Parent to child: exit now (the child is idle when it gets this)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Child to parent, while a job runs: ``kind`` and a blob of a dict of data."""
+
+    job_id: str
+    kind: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Done:
+    """Child to parent: the job ended. ``value`` is a blob on success; on failure ``error`` is a
+    blob of the exception (None when it cannot make the trip) and the text fields describe it."""
+
+    job_id: str
+    ok: bool
+    value: bytes | None = None
+    error: bytes | None = None
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    rss_mb: float | None = None
+    duration: float = 0.0
+
+
+Message = Ready | StartFailed | RunJob | Stop | Report | Done
+_MESSAGES = (Ready, StartFailed, RunJob, Stop, Report, Done)
+
+
+def dump_blob(value: Any, *, what: str) -> bytes:
+    """Cloudpickle ``value``; :class:`SerializeError` names ``what`` could not be pickled."""
+    import cloudpickle
+
+    try:
+        blob: bytes = cloudpickle.dumps(value)
+    except Exception as exc:
+        raise SerializeError(f"{what} cannot be pickled: {exc!r}") from None
+    return blob
+
+
+def load_blob(blob: bytes) -> Any:
+    """Load a blob made by :func:`dump_blob` (any error of the unpickled code propagates)."""
+    return pickle.loads(blob)
+
+
+def frame(message: Message) -> bytes:
+    """The bytes that carry ``message`` on the socket."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def header_size() -> int:
+    return _HEADER.size
+
+
+def body_size(header: bytes) -> int:
+    """The payload length a frame header announces."""
+    (size,) = _HEADER.unpack(header)
+    return int(size)
+
+
+def parse(payload: bytes) -> Message:
+    """The message in a frame's payload; ValueError if it is not one of ours."""
+    try:
+        message = pickle.loads(payload)
+    except Exception as exc:
+        raise ValueError(f"undecodable frame: {exc!r}") from None
+    if not isinstance(message, _MESSAGES):
+        raise ValueError(f"unexpected {type(message).__name__} on the pool channel")
+    return message
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message:
+    """The next message from a child; IncompleteReadError at end of stream."""
+    header = await reader.readexactly(_HEADER.size)
+    return parse(await reader.readexactly(body_size(header)))
