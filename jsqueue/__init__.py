@@ -6,6 +6,7 @@ from jsqueue.canvas import GroupResult, Signature, chain, chord, group
 from jsqueue.context import JobContext, current_job
 from jsqueue.errors import (
     ArgumentsError,
+    ChildDied,
     ConfigError,
     ConnectError,
     DecodeError,
@@ -20,7 +21,11 @@ from jsqueue.errors import (
     Retry,
     SerializeError,
     SignatureError,
+    SoftTimeLimitExceeded,
     TaskFailed,
+    Terminated,
+    TimeLimitExceeded,
+    WorkerLost,
 )
 from jsqueue.results import AsyncResult, JobState
 from jsqueue.retry import RetryPolicy
@@ -47,6 +52,7 @@ __all__ = [
     "JobContext",
     "Reject",
     "Retry",
+    "SoftTimeLimitExceeded",
     "current_job",
     # results
     "AsyncResult",
@@ -55,6 +61,7 @@ __all__ = [
     "TaskFailed",
     # errors
     "ArgumentsError",
+    "ChildDied",
     "ConfigError",
     "ConnectError",
     "DecodeError",
@@ -66,4 +73,7 @@ __all__ = [
     "PublishError",
     "SerializeError",
     "SignatureError",
+    "Terminated",
+    "TimeLimitExceeded",
+    "WorkerLost",
 ]

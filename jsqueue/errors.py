@@ -69,6 +69,9 @@ class DecodeError(JsqueueError):
         super().__init__(message)
         self.raw = raw
 
+    def __reduce__(self) -> tuple[type[DecodeError], tuple[str, bytes]]:
+        return type(self), (str(self), self.raw)
+
 
 class SignatureError(DecodeError):
     """A pickled payload was unsigned or wrongly signed; it was never unpickled."""
@@ -103,6 +106,10 @@ class TaskFailed(JsqueueError):
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
         self.state = state
+
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, str, str, str, str]]:
+        args = (self.job_id, self.remote_type, self.remote_message, self.remote_traceback)
+        return type(self), (*args, self.state)
 
 
 class ResultTimeout(JsqueueError, TimeoutError):
@@ -142,7 +149,11 @@ class ArgumentsError(JsqueueError, TypeError):
 
 
 class TimeLimitExceeded(JsqueueError):
-    """A coroutine task ran past its ``time_limit`` and was cancelled."""
+    """A task ran past its hard ``time_limit``: a coroutine was cancelled, a pool child killed."""
+
+
+class WorkerLost(JsqueueError):
+    """The job killed its worker process: it was running alone there when the worker died."""
 
 
 class GroupFailed(JsqueueError):
@@ -158,14 +169,18 @@ class GroupFailed(JsqueueError):
         self.failures = failures
         self.size = size
 
+    def __reduce__(self) -> tuple[type[GroupFailed], tuple[dict[int, TaskFailed], int]]:
+        return type(self), (self.failures, self.size)
+
 
 # Raised by the process pool (jsqueue.pools), which runs ``def`` tasks in child processes. They
 # cross process boundaries, so each one with its own ``__init__`` says how to pickle itself.
 
 
 class SoftTimeLimitExceeded(JsqueueError):
-    """Raised inside a task in a pool child when its soft time limit passes: catch it to clean up
-    and return (the value counts), or let it propagate; the hard limit still applies."""
+    """Raised inside a task (in a pool child, or an ``async def`` on the worker's loop) when its
+    soft time limit passes: catch it to clean up and return (the value counts), or let it
+    propagate; the hard limit still applies."""
 
 
 class ChildDied(JsqueueError):
@@ -184,7 +199,8 @@ class ChildDied(JsqueueError):
 
 
 class Terminated(JsqueueError):
-    """The job was terminated on request (``ProcessPool.terminate``): its child was killed."""
+    """The job was terminated on request (``revoke(terminate=True)``): its pool child was
+    killed, or its coroutine cancelled."""
 
 
 class PoolClosed(JsqueueError):

@@ -16,14 +16,15 @@ TRACEBACK_MAX = 16_000
 TRUNCATED = "...[truncated]"
 
 
-def describe(error: BaseException | None) -> dict[str, str]:
-    """``{"type", "message", "traceback"}`` of ``error`` (empty strings for None)."""
+def describe(error: BaseException | None, traceback_text: str = "") -> dict[str, str]:
+    """``{"type", "message", "traceback"}`` of ``error`` (empty strings for None);
+    ``traceback_text`` stands in for the traceback of an error that crossed processes."""
     if error is None:
         return {"type": "", "message": "", "traceback": ""}
     return {
         "type": cut(type(error).__name__, TYPE_MAX),
         "message": cut(safe_str(error), MESSAGE_MAX),
-        "traceback": cut_head(_traceback(error), TRACEBACK_MAX),
+        "traceback": cut_head(traceback_text or _traceback(error), TRACEBACK_MAX),
     }
 
 

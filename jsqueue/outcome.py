@@ -155,6 +155,11 @@ def already_final(success: bool, *, followers: bool) -> Plan:
     return Plan(Action.ACK, Record.NONE, follow, Counter.SKIPPED, Event.NONE)
 
 
+def given_back() -> Plan:
+    """A job that could not finish here through no fault of its own: ``nak`` it at once."""
+    return Plan(Action.RETRY, Record.NONE, FollowUp.NONE, Counter.SKIPPED, Event.NONE)
+
+
 def decide(
     exc: BaseException | None,
     *,

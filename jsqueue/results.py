@@ -302,16 +302,18 @@ class AsyncResult(Generic[R]):
         """Remove the job's record."""
         await (await self.app.result_backend()).forget(self.id)
 
-    async def revoke(self) -> bool:
+    async def revoke(self, *, terminate: bool = False) -> bool:
         """Make sure a queued or delayed job never runs; its state becomes REVOKED.
 
         Returns False, changing nothing, if the job had already finished. A job already
-        running is not interrupted (its outcome is then not recorded: REVOKED stays).
+        running goes on (its outcome is then not recorded: REVOKED stays), unless
+        ``terminate=True``: its worker kills its pool child, or cancels it if it is a coroutine
+        (a ``def`` task in the thread pool cannot be stopped and runs to its end).
         """
         from jsqueue.revoke import revoke
 
-        return await revoke(self.app, self.id)
+        return await revoke(self.app, self.id, terminate=terminate)
 
-    def revoke_sync(self) -> bool:
+    def revoke_sync(self, *, terminate: bool = False) -> bool:
         """:meth:`revoke` for code without an event loop."""
-        return self.app.run_sync(self.revoke())
+        return self.app.run_sync(self.revoke(terminate=terminate))

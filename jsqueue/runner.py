@@ -11,19 +11,16 @@ pulls, counts slots or handles signals.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from types import FrameType
 
 from jsqueue import outcome
 from jsqueue.app import App
 from jsqueue.broker import Broker
 from jsqueue.config import is_job_id, shorten
-from jsqueue.context import reset_current, set_current
 from jsqueue.continuation import has_followers
 from jsqueue.envelope import decode, peek, sent_id
 from jsqueue.errors import (
@@ -31,13 +28,16 @@ from jsqueue.errors import (
     DecodeError,
     JsqueueError,
     MalformedError,
+    PoolClosed,
     ResultTooLarge,
     SerializeError,
     SignatureError,
-    TimeLimitExceeded,
+    Terminated,
+    WorkerLost,
 )
+from jsqueue.execute import TaskExecutor
 from jsqueue.hooks import Hooks, JobEvent, emit
-from jsqueue.outcome import Plan, Reason, Record
+from jsqueue.outcome import Action, Plan, Reason, Record
 from jsqueue.producer import MSG_ID
 from jsqueue.puller import Delivery
 from jsqueue.results import JobState, Outcome, ResultBackend, state_record, success_record
@@ -66,7 +66,7 @@ class JobRunner:
         broker: Broker,
         results: ResultBackend,
         revoked: RevokedSet,
-        pool: Executor,
+        executor: TaskExecutor,
         hooks: Sequence[Hooks],
         stats: WorkerStats | None = None,
     ) -> None:
@@ -75,7 +75,7 @@ class JobRunner:
         self.broker = broker
         self.results = results
         self.revoked = revoked
-        self.pool = pool
+        self.executor = executor
         self.hooks = hooks
         self.stats = stats if stats is not None else WorkerStats()
         self.settler = Settler(app, worker_id, broker, results, hooks, self.stats)
@@ -88,6 +88,18 @@ class JobRunner:
         """Decode, run and settle one delivery; only a transient server failure propagates."""
         job = Job(delivery)
         try:
+            plan = await self._planned(job)
+            await self.settler.settle(job, plan)
+            if job.alone and plan.record is Record.NONE and job.env is not None:
+                await self.results.forget(job.env.id)  # the marker of a task without records
+        finally:
+            if job.gate is not None:
+                self.executor.gate.leave(alone=job.gate)
+            if job.env is not None and job.env.id in self._settled and job.owns_run:
+                self._settled.pop(job.env.id).set()
+
+    async def _planned(self, job: Job) -> Plan:
+        try:
             plan = await self._plan(job)
         except asyncio.CancelledError:
             raise
@@ -99,11 +111,7 @@ class JobRunner:
             plan = outcome.dead(Reason.WORKER_ERROR, followers=False)
         if job.task is not None and job.task.options.ignore_result:
             plan = plan.without_result()
-        try:
-            await self.settler.settle(job, plan)
-        finally:
-            if job.env is not None and job.env.id in self._settled and job.owns_run:
-                self._settled.pop(job.env.id).set()
+        return plan
 
     async def _plan(self, job: Job) -> Plan:
         delivery = job.delivery
@@ -119,9 +127,10 @@ class JobRunner:
         running_here = self._settled.get(env.id)
         if running_here is not None:  # a redelivery of a job this worker runs now
             await running_here.wait()
+        recorded = None
         if attempt > 1 or running_here is not None:
             recorded = await self._recorded(env.id)
-            if recorded is not None:
+            if recorded is not None and recorded.state.is_final:
                 job.why = f"already {recorded.state} (delivery {attempt})"
                 success = recorded.state is JobState.SUCCESS
                 if success and followers:
@@ -153,7 +162,37 @@ class JobRunner:
         except ArgumentsError as exc:
             job.error = exc
             return outcome.dead(Reason.WRONG_ARGUMENTS, followers=followers)
+        if attempt > 1 and self.executor.in_worker(task) and _suspect(recorded):
+            if _ran_alone(recorded, attempt - 1):
+                return self._killed_its_worker(job, recorded)
+            job.alone = True
         return await self._run(job)
+
+    def _killed_its_worker(self, job: Job, recorded: Outcome | None) -> Plan:
+        """The delivery before ran alone and never settled: the job killed its worker. That is
+        its failed attempt; its policy decides what follows, and no other job is blamed."""
+        env, task = job.env, job.task
+        assert env is not None
+        assert task is not None
+        worker = recorded.record.get("worker", "?") if recorded else "?"
+        attempt = job.delivery.attempt - 1
+        job.error = WorkerLost(
+            f"{env.task}[{env.id}] killed its worker {worker}: the worker died while the job "
+            f"ran alone there (delivery {attempt})"
+        )
+        job.crashed = True
+        followers = has_followers(env)
+        plan = outcome.decide(
+            job.error,
+            attempt=attempt,
+            max_deliver=self.app.settings.max_deliver,
+            policy=task.retry,
+            elapsed=time.time() - env.created,
+            followers=followers,
+        )
+        if plan.action is Action.DEAD_LETTER:
+            return outcome.dead(Reason.CRASH_LOOP, followers=followers)
+        return plan
 
     def _undecodable(self, job: Job, exc: DecodeError) -> Plan:
         """A message that is no job: dead-letter it under the best id it has."""
@@ -173,13 +212,12 @@ class JobRunner:
         return outcome.dead(Reason.UNDECODABLE, followers=False)
 
     async def _recorded(self, job_id: str) -> Outcome | None:
-        """The final outcome recorded for ``job_id``, or None."""
+        """What is recorded for ``job_id``, or None."""
         try:
-            found = await self.results.read(job_id)
+            return await self.results.read(job_id)
         except DecodeError as exc:
             log.warning("%s; running the job as if nothing were recorded", exc)
             return None
-        return found if found is not None and found.state.is_final else None
 
     async def _run(self, job: Job) -> Plan:
         env, task, delivery = job.env, job.task, job.delivery
@@ -189,14 +227,28 @@ class JobRunner:
         self._settled[env.id] = asyncio.Event()
         job.owns_run = True
         try:
-            if task.track_started and not task.options.ignore_result:
+            if task.track_started and not task.options.ignore_result and not job.alone:
                 await self._record_started(job)
             if self.hooks:
                 await self._emit_started(job)
-            await self._execute(job)
+            alone = None
+            if job.alone:
+                log.warning(
+                    "%s was delivered again after its worker died: it runs alone, so that "
+                    "only it is blamed if it kills this worker too",
+                    job.label,
+                )
+                alone = functools.partial(self._record_started, job)
+            await self.executor.execute(job, alone=alone)
         finally:
             self.running.pop(env.id, None)
         followers = has_followers(env)
+        if isinstance(job.error, Terminated):
+            job.why = "terminated on request (revoked)"
+            return outcome.skipped(Record.REVOKED, followers=followers)
+        if isinstance(job.error, PoolClosed):
+            job.why = "the pool closed while it ran: given back"
+            return outcome.given_back()
         if job.error is None and not task.options.ignore_result:
             reason = self._encode_result(job)
             if reason is not None:
@@ -239,45 +291,10 @@ class JobRunner:
             return Reason.RESULT_TOO_LARGE
         return None
 
-    async def _execute(self, job: Job) -> None:
-        env, task, delivery = job.env, job.task, job.delivery
-        assert env is not None
-        assert task is not None
-        token = set_current(env, delivery.attempt, self.id)
-        try:
-            if task.is_async:
-                limit = task.options.time_limit
-                if limit is None:
-                    job.value = await task.fn(*env.args, **env.kwargs)
-                    return
-                deadline = asyncio.timeout(limit)
-                try:
-                    async with deadline:
-                        job.value = await task.fn(*env.args, **env.kwargs)
-                except TimeoutError as exc:
-                    if not deadline.expired():
-                        job.error = exc  # the task's own time-out, not ours
-                    else:
-                        job.error = TimeLimitExceeded(
-                            f"{task.name} ran past its time_limit of {limit}s"
-                        )
-            else:
-                call = functools.partial(task.fn, *env.args, **env.kwargs)
-                loop = asyncio.get_running_loop()
-                job.value = await loop.run_in_executor(
-                    self.pool, contextvars.copy_context().run, call
-                )
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            job.error = exc
-        finally:
-            reset_current(token)
-
     @staticmethod
     def culprit(frame: FrameType) -> str | None:
         """The job whose code runs in ``frame`` (for :class:`jsqueue.loopwatch.LoopWatch`)."""
-        execute = JobRunner._execute.__code__
+        execute = TaskExecutor._on_loop.__code__
         current: FrameType | None = frame
         while current is not None:
             if current.f_code is execute:
@@ -288,12 +305,14 @@ class JobRunner:
 
     async def _record_started(self, job: Job) -> None:
         assert job.env is not None
+        fields: dict[str, object] = {"alone": job.delivery.attempt} if job.alone else {}
         record = state_record(
             JobState.STARTED,
             task=job.env.task,
             attempts=job.delivery.attempt,
             worker=self.id,
             at=time.time(),
+            **fields,
         )
         await self.results.write_progress(job.env.id, record)
 
@@ -310,3 +329,20 @@ class JobRunner:
             worker=self.id,
         )
         await emit(self.hooks, event)
+
+
+def _suspect(recorded: Outcome | None) -> bool:
+    """Whether a job delivered again may have killed its worker: not if it was given back to
+    wait out a retry its task asked for (a RETRY record from an exception it raised)."""
+    if recorded is None or recorded.state is not JobState.RETRY:
+        return True
+    return bool(recorded.record.get("crashed"))
+
+
+def _ran_alone(recorded: Outcome | None, delivery: int) -> bool:
+    """Whether delivery ``delivery`` of the job started running alone and never settled."""
+    return (
+        recorded is not None
+        and recorded.state is JobState.STARTED
+        and recorded.record.get("alone") == delivery
+    )

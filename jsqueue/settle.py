@@ -98,6 +98,8 @@ class Job:
     given_id: str = ""
     value: Any = None
     error: BaseException | None = None
+    #: the traceback text of an error raised in a pool child (its own traceback stayed there)
+    remote_traceback: str = ""
     #: the encoded SUCCESS record
     result: bytes | None = None
     #: why a job is skipped (expired, revoked, already recorded)
@@ -106,6 +108,12 @@ class Job:
     note: str = ""
     #: this delivery runs the job here (another delivery of it waits for its settlement)
     owns_run: bool = False
+    #: a suspect: delivered again after its worker died, so it runs alone
+    alone: bool = False
+    #: how it holds the executor's gate until settled: True alone, False together, None not
+    gate: bool | None = None
+    #: it killed its worker (a RETRY record says so, so the next delivery runs alone too)
+    crashed: bool = False
 
     @property
     def label(self) -> str:
@@ -180,7 +188,7 @@ class Settler:
             task=job.task_name or "?",
             queue=delivery.queue,
             reason=plan.reason.value,
-            error=failure.describe(job.error),
+            error=failure.describe(job.error, job.remote_traceback),
             attempts=delivery.attempt,
             worker=self.id,
             jobs_seq=delivery.stream_seq,
@@ -215,7 +223,7 @@ class Settler:
         retried without its traceback, then given up with a log line."""
         if job.job_id is None:
             return
-        error = failure.describe(job.error)
+        error = failure.describe(job.error, job.remote_traceback)
         for attempt in range(2):
             data = self._state_record(job, plan, error)
             try:
@@ -238,6 +246,8 @@ class Settler:
             now = time.time()
             fields.update(attempts=delivery.attempt, at=now, retry_at=now + plan.delay)
             fields["error"] = error
+            if job.crashed:
+                fields["crashed"] = True
         elif plan.record in (Record.EXPIRED, Record.REVOKED):
             fields.update(finished=time.time(), why=job.why)
         else:
@@ -276,7 +286,7 @@ class Settler:
         if plan.record in (Record.EXPIRED, Record.REVOKED):
             message = f"job {job.job_id} {job.why}"
             return {"type": plan.record.value.title(), "message": message, "traceback": ""}
-        return failure.describe(job.error)
+        return failure.describe(job.error, job.remote_traceback)
 
     # -- telling -------------------------------------------------------------------------------
 

@@ -186,6 +186,7 @@ async def locate_job(app: App, job_id: str) -> dict[str, Any]:
                 found["where"] = "running"
                 found["running_on"] = record["id"]
                 found["running_since"] = job.get("started")
+                found["running_in"] = job.get("where") or "?"
     delayed = await _delayed(broker, app, job_id)
     if delayed is not None:
         found.setdefault("where", "delayed")
@@ -232,3 +233,31 @@ async def _ready(broker: Broker, app: App, job_id: str) -> bool:
             return True
         seq = message.seq + 1
     return False
+
+
+async def revoke_job(app: App, job_id: str, *, terminate: bool = False) -> str:
+    """Revoke a job and say in one line what that did; :class:`JsqueueError` if no such job is
+    known or it already finished."""
+    found = await locate_job(app, job_id)  # raises for an unknown or illegal id
+    state = found.get("state", "PENDING")
+    running = found.get("where") == "running"
+    if state in ("SUCCESS", "FAILURE", "DEAD", "EXPIRED") or (
+        state == "REVOKED" and not (running and terminate)
+    ):
+        raise JsqueueError(f"job {job_id} already finished ({state}); nothing changed")
+    await app.result(job_id).revoke(terminate=terminate)
+    if not running:
+        return f"job {job_id} revoked: it was {found.get('where', 'queued')}, and will never run"
+    worker, where = found["running_on"], found["running_in"]
+    if not terminate:
+        return (
+            f"job {job_id} revoked; it is running on {worker} and runs to its end (pass "
+            "--terminate to stop it); its outcome will not be recorded"
+        )
+    if where == "thread":
+        return (
+            f"job {job_id} revoked; it runs in a thread of {worker}, which cannot be stopped: it "
+            "runs to its end, and its outcome will not be recorded"
+        )
+    how = "its pool child is killed" if where == "process" else "its coroutine is cancelled"
+    return f"job {job_id} revoked and terminated: {worker} stops it now ({how})"

@@ -38,6 +38,7 @@ class TaskOptions:
     serializer: Serializer | None = None
     ignore_result: bool = False
     time_limit: float | None = None
+    soft_time_limit: float | None = None
     track_started: bool | None = None
 
 
@@ -54,14 +55,14 @@ class Task(Generic[P, R]):
         self._arity = _plain_arity(self.signature)
         if options.queue is not None:
             check_queue(options.queue)
-        if options.time_limit is not None:
-            if not self.is_async:
-                raise ConfigError(
-                    f"task {self.name}: time_limit works for async def tasks only (a thread "
-                    "cannot be cancelled); enforce a timeout inside the function instead"
-                )
-            if options.time_limit <= 0:
-                raise ConfigError(f"time_limit of task {self.name} must be positive seconds")
+        # a def task's time limit needs the process pool: the worker checks that at its start
+        # (producers import this module too, and never run the task)
+        for setting in ("time_limit", "soft_time_limit"):
+            value = getattr(options, setting)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
+                raise ConfigError(f"{setting} of task {self.name} must be positive seconds")
         if options.serializer == "cloudpickle" and not app.settings.secret_key:
             raise ConfigError(
                 f"task {self.name} uses serializer='cloudpickle', which needs the app's "

@@ -1,32 +1,38 @@
 """The worker: pull jobs, run them, and ack, retry (``nak`` with a delay) or dead-letter them.
 
 A job is acked only after its outcome is recorded. Coroutine tasks run on the event loop, plain
-functions in a thread pool; ``concurrency`` bounds both, and the pullers never ask the server for
-more jobs than there are free slots. Long jobs send ``in_progress`` heartbeats at a third of
-``ack_wait``. On the first stop signal the worker stops pulling, lets running jobs finish within
-``grace`` seconds, and gives back (``nak``) the rest so they run again at once elsewhere.
+functions in a pool: threads of the worker (``pool="thread"``, the default) or supervised child
+processes (``pool="process"``). ``concurrency`` is the number of jobs in flight (under the process
+pool: the number of children, and coroutines share those slots), and the pullers never ask the
+server for more jobs than there are free slots. Long jobs send ``in_progress`` heartbeats at a
+third of ``ack_wait``. On the first stop signal the worker stops pulling, lets running jobs
+finish within ``grace`` seconds, and gives back (``nak``) the rest so they run again at once
+elsewhere; :meth:`Worker.abort` (the second signal) kills the children and gives back all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsqueue.app import App
+from jsqueue.app import App, app_spec_of
 from jsqueue.broker import Broker
 from jsqueue.config import check_queue
 from jsqueue.errors import ConfigError
 from jsqueue.events import EventPublisher
+from jsqueue.execute import Limits, Pool, TaskExecutor
 from jsqueue.hooks import Hooks, queue_stats
 from jsqueue.loopwatch import LoopWatch
+from jsqueue.pools import ProcessPool
+from jsqueue.pools.thread import ThreadPool
 from jsqueue.puller import Delivery, Puller
 from jsqueue.registry import REGISTRY_EVERY, REGISTRY_TTL, WorkerRegistry, versions
 from jsqueue.revoke import RevokedSet
@@ -52,13 +58,36 @@ class Worker:
         app: App,
         *,
         queues: Sequence[str] | None = None,
-        concurrency: int = 32,
+        concurrency: int | None = None,
         burst: bool = False,
         grace: float = 30.0,
         worker_id: str | None = None,
         block_warning: float | None = None,
+        pool: str = "thread",
+        app_spec: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: float | None = None,
     ) -> None:
         self.queues = _queues(queues, app.settings.default_queue)
+        if pool not in ("thread", "process"):
+            raise ConfigError(f"pool must be 'thread' or 'process', not {pool!r}")
+        if concurrency is None:
+            concurrency = 32 if pool == "thread" else len(os.sched_getaffinity(0))
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
+        if pool == "thread" and (max_tasks_per_child or max_memory_per_child):
+            raise ConfigError(
+                "--max-tasks-per-child and --max-memory-per-child recycle pool children: use "
+                "them with --pool process"
+            )
+        self.limits = Limits(time_limit, soft_time_limit)
+        self.limits.check(app, pool, self.queues)
+        self.pool_kind = pool
+        self.app_spec = (app_spec or app_spec_of(app)) if pool == "process" else app_spec
+        self._max_tasks_per_child = max_tasks_per_child
+        self._max_memory_per_child = max_memory_per_child
         if concurrency < len(self.queues):
             raise ConfigError(
                 f"concurrency {concurrency} is less than the {len(self.queues)} queue(s) to "
@@ -77,7 +106,10 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[Delivery, float] = {}
         self._stop = asyncio.Event()
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="jsqueue-task")
+        #: job id -> kind -> data: what running jobs reported from their pool child
+        self._reports: dict[str, dict[str, dict[str, Any]]] = {}
+        self._pool: Pool | None = None
+        self._executor: TaskExecutor | None = None
         self._runner: JobRunner | None = None
         self._stats = WorkerStats()
         self._broker: Broker | None = None
@@ -118,7 +150,10 @@ class Worker:
         """
         watch = LoopWatch(self.block_warning, JobRunner.culprit)
         watch.start()
+        self._pool = self._make_pool()
+        self._executor = TaskExecutor(self._pool, self.limits, self.id)
         try:
+            await self._pool.start()
             await self._open(wait_for_server)
             while await self._serve():
                 await self._reopen()
@@ -134,14 +169,15 @@ class Worker:
         broker = await self.app.broker()
         self._broker = broker
         self.sessions += 1
-        self._revoked = RevokedSet()
+        self._revoked = RevokedSet(on_terminate=self._terminate)
         await self._revoked.start(self.app)
         hooks = list(self.hooks)
         if self.app.settings.events:
             hooks.append(EventPublisher(broker))
         results = await self.app.result_backend()
+        assert self._executor is not None
         self._runner = JobRunner(
-            self.app, self.id, broker, results, self._revoked, self._pool, hooks, self._stats
+            self.app, self.id, broker, results, self._revoked, self._executor, hooks, self._stats
         )
         registry = WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL))
         self._registry = registry
@@ -160,10 +196,11 @@ class Worker:
         for lane in self._lanes.values():
             await lane.puller.start()
         log.info(
-            "worker %s ready: queues %s, concurrency %d, NATS %s",
+            "worker %s ready: queues %s, concurrency %d, %s pool, NATS %s",
             self.id,
             ",".join(self.queues),
             self.concurrency,
+            self.pool_kind,
             broker.url,
         )
         self.started.set()
@@ -224,7 +261,8 @@ class Worker:
             task.cancel()
         for lane in self._lanes.values():
             await lane.puller.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            await self._pool.close()
         if self._registry is not None:
             await self._registry.remove(self.id)
         if self._revoked is not None:
@@ -317,9 +355,58 @@ class Worker:
 
     # -- background ----------------------------------------------------------------------------
 
+    def _make_pool(self) -> Pool:
+        if self.pool_kind == "thread":
+            return ThreadPool(self.app, self.concurrency)
+        assert self.app_spec is not None
+        return ProcessPool(
+            self.app_spec,
+            self.concurrency,
+            worker_id=self.id,
+            on_report=self._on_report,
+            max_tasks_per_child=self._max_tasks_per_child,
+            max_memory_per_child=self._max_memory_per_child,
+        )
+
+    def _on_report(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        """What a job in a pool child reported while it runs: the latest of each kind is kept
+        for the registry (``jsqueue inspect workers``)."""
+        self._reports.setdefault(job_id, {})[kind] = data
+
+    async def _terminate(self, job_id: str) -> None:
+        """A revoke with ``terminate=True`` arrived: stop the job if it runs here."""
+        if self._executor is None:
+            return
+        done = await self._executor.terminate(job_id)
+        if done == "cannot":
+            log.warning(
+                "job %s was revoked with terminate, but it runs in a thread, which cannot be "
+                "stopped: it runs to its end (its outcome is not recorded: REVOKED stays)",
+                job_id,
+            )
+        elif done is not None:
+            log.warning("job %s was revoked with terminate: %s", job_id, done)
+
+    async def abort(self) -> None:
+        """Stop now (the second signal): kill the pool's children and give back every job in
+        flight, so that other workers run them at once."""
+        log.warning("worker %s aborting: %d job(s) given back", self.id, len(self._active))
+        if self._pool is not None:
+            await self._pool.close(kill=True)
+        for delivery in list(self._active):
+            await self._give_back(delivery)
+        for lane in self._lanes.values():
+            for delivery in lane.backlog:
+                await self._give_back(delivery)
+        if self._broker is not None and self._broker.is_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._broker.flush(), 2)
+
     async def _heartbeats(self) -> None:
-        """Tell the server that long jobs are alive, at a third of ack_wait."""
+        """Tell the server that long jobs are alive, at a third of ack_wait; name the jobs
+        that run in a thread past their time limit, once per ack_wait."""
         every = self.app.settings.ack_wait / 3
+        told: dict[str, float] = {}
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
@@ -329,6 +416,31 @@ class Worker:
                         await delivery.in_progress()
                     except Exception as exc:  # disconnected; redelivery is the fallback
                         log.debug("in_progress failed: %r", exc)
+            for job_id, (task, ran) in self.stuck().items():
+                if now - told.get(job_id, 0.0) >= self.app.settings.ack_wait:
+                    told[job_id] = now
+                    log.warning(
+                        "%s[%s] has run %.0fs in a thread, past the time limit of %ss; a "
+                        "thread cannot be stopped (run the worker with --pool process)",
+                        task,
+                        job_id,
+                        ran,
+                        self.limits.time_limit,
+                    )
+            for job_id in set(told) - set(self.running):
+                del told[job_id]
+
+    def stuck(self) -> dict[str, tuple[str, float]]:
+        """job id -> (task, seconds run) of the jobs in a thread past ``--time-limit``."""
+        limit = self.limits.time_limit
+        if limit is None or not isinstance(self._pool, ThreadPool):
+            return {}
+        now = time.time()
+        return {
+            job_id: (task, now - started)
+            for job_id, (task, started) in list(self._pool.running.items())
+            if now - started > limit
+        }
 
     async def _report(self, registry: WorkerRegistry) -> None:
         """Keep this worker's record in the registry; give hooks a look at the queues."""
@@ -350,16 +462,18 @@ class Worker:
     def record(self) -> dict[str, Any]:
         """What the registry says about this worker."""
         stats = self.stats
+        running = list(self.running.items())
+        for job_id in set(self._reports) - set(self.running):
+            del self._reports[job_id]
         return {
             "id": self.id,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "queues": self.queues,
             "concurrency": self.concurrency,
-            "running": [
-                {"id": job_id, "task": task, "queue": queue, "started": at}
-                for job_id, (task, queue, at) in list(self.running.items())
-            ],
+            "pool": self.pool_kind,
+            "children": [_child_record(c) for c in (self._pool.children() if self._pool else [])],
+            "running": [self._running_record(job_id, *info) for job_id, info in running],
             "processed": stats.processed,
             "succeeded": stats.succeeded,
             "failed": stats.failed,
@@ -368,6 +482,18 @@ class Worker:
             "started": self.started_at,
             "versions": versions(),
             "seen": time.time(),
+        }
+
+    def _running_record(self, job_id: str, task: str, queue: str, at: float) -> dict[str, Any]:
+        where = self._executor.where.get(job_id, "") if self._executor else ""
+        return {
+            "id": job_id,
+            "task": task,
+            "queue": queue,
+            "started": at,
+            "where": where,  # async, thread or process: what terminate can do
+            "stuck": job_id in self.stuck(),
+            "reported": self._reports.get(job_id, {}),
         }
 
     async def _burst_watch(self) -> None:
@@ -387,6 +513,16 @@ class Worker:
             if idle and not self._tasks:
                 log.info("worker %s: queues are empty (burst mode)", self.id)
                 self.stop()
+
+
+def _child_record(child: Any) -> dict[str, Any]:
+    return {
+        "pid": child.pid,
+        "job": child.job_id,
+        "started": child.started,
+        "rss_mb": child.rss_mb,
+        "jobs": child.jobs_done,
+    }
 
 
 def _queues(queues: Sequence[str] | None, default: str) -> list[str]:
@@ -411,14 +547,27 @@ async def run_worker(
     app: App,
     *,
     queues: Sequence[str] | None = None,
-    concurrency: int = 32,
+    concurrency: int | None = None,
     burst: bool = False,
     grace: float = 30.0,
     wait_for_server: float = 0.0,
     worker_id: str | None = None,
     block_warning: float | None = None,
+    pool: str = "thread",
+    app_spec: str | None = None,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: float | None = None,
 ) -> WorkerStats:
     """Run a worker for ``app`` in the current event loop until it is stopped.
+
+    ``pool="thread"`` (the default) runs ``def`` tasks in threads, ``concurrency`` (default 32)
+    jobs at once. ``pool="process"`` runs them in supervised child processes, ``concurrency``
+    children (default: the CPU count); they import the app by ``app_spec`` ("module:app",
+    found from the tasks' module when not given). ``time_limit`` and ``soft_time_limit`` are
+    seconds for tasks that set none; ``max_tasks_per_child`` and ``max_memory_per_child`` (MB
+    resident after a job) replace a child once it reaches them.
 
     Cancelling the task that runs it stops it at once: running jobs are cancelled and, with
     those waiting for a slot, given back (``nak``) so that another worker runs them now.
@@ -434,5 +583,11 @@ async def run_worker(
         grace=grace,
         worker_id=worker_id,
         block_warning=block_warning,
+        pool=pool,
+        app_spec=app_spec,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
     )
     return await worker.run(wait_for_server=wait_for_server)

@@ -18,6 +18,7 @@ from jsqueue.status import (
     locate_job,
     purge_queue,
     queue_status,
+    revoke_job,
     server_status,
     workers,
 )
@@ -84,7 +85,8 @@ def inspect() -> None:
 @app_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_workers(app_spec: str | None, url: str | None, log_level: str, as_json: bool) -> None:
-    """Live workers: id, host, pid, queues, concurrency, running jobs, counts, uptime."""
+    """Live workers: id, host, pid, queues, pool, concurrency, running jobs, counts, uptime;
+    then each process-pool child (pid, job, resident memory) and each running job."""
     setup_logging(log_level)
     app = app_from(app_spec, url)
 
@@ -105,6 +107,7 @@ def inspect_workers(app_spec: str | None, url: str | None, log_level: str, as_js
             str(r["id"]),
             f"{r['hostname']}:{r['pid']}",
             ",".join(r["queues"]),
+            str(r.get("pool", "thread")),
             f"{len(r['running'])}/{r['concurrency']}",
             str(r["processed"]),
             str(r["failed"]),
@@ -114,11 +117,21 @@ def inspect_workers(app_spec: str | None, url: str | None, log_level: str, as_js
         )
         for r in records
     ]
-    header = ("WORKER", "HOST:PID", "QUEUES", "RUNNING", "DONE", "FAILED", "RETRIED", "UP", "")
+    header = (
+        *("WORKER", "HOST:PID", "QUEUES", "POOL", "RUNNING"),
+        *("DONE", "FAILED", "RETRIED", "UP", ""),
+    )
     table(header, rows)
     for r in records:
+        for child in r.get("children", []):
+            rss = "?" if child.get("rss_mb") is None else f"{child['rss_mb']:.0f} MB"
+            job = child.get("job") or "idle"
+            click.echo(f"  {r['id']} child {child['pid']}: {job}, {rss}, {child['jobs']} jobs")
         for job in r["running"]:
-            click.echo(f"  {r['id']} runs {job['task']}[{job['id']}] since {when(job['started'])}")
+            stuck = " (stuck past its time limit)" if job.get("stuck") else ""
+            where = f" in a {job['where']}" if job.get("where") in ("thread", "process") else ""
+            since = when(job["started"])
+            click.echo(f"  {r['id']} runs {job['task']}[{job['id']}]{where} since {since}{stuck}")
 
 
 @inspect.command("job")
@@ -135,6 +148,30 @@ def inspect_job(app_spec: str | None, url: str | None, log_level: str, job_id: s
             return await locate_job(app, job_id)
 
     click.echo(json.dumps(run(main()), indent=2, default=str))
+
+
+@cli.command()
+@app_options
+@click.argument("job_id")
+@click.option(
+    "--terminate",
+    is_flag=True,
+    help="Also stop the job if it runs now: its process-pool child is killed, or its coroutine "
+    "cancelled (a def task in the thread pool cannot be stopped).",
+)
+def revoke(
+    app_spec: str | None, url: str | None, log_level: str, job_id: str, terminate: bool
+) -> None:
+    """Make sure JOB_ID never runs (or, with --terminate, stops running); its state becomes
+    REVOKED. An unknown or finished job is an error and changes nothing."""
+    setup_logging(log_level)
+    app = app_from(app_spec, url)
+
+    async def main() -> str:
+        async with app:
+            return await revoke_job(app, job_id, terminate=terminate)
+
+    click.echo(run(main()))
 
 
 @cli.command()

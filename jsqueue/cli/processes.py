@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
 import click
 
@@ -44,9 +45,45 @@ log = logging.getLogger("jsqueue.cli")
     "-c",
     "--concurrency",
     type=click.IntRange(min=1),
-    default=32,
+    default=None,
+    help="Jobs run at once. Thread pool: coroutines on the loop and functions in threads "
+    "[default: 32]. Process pool: the number of children, whose slots coroutines share "
+    "[default: the CPU count].",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
     show_default=True,
-    help="Jobs run at once (coroutines on the loop, functions in threads).",
+    help="Where def tasks run: threads of the worker, or supervised child processes (CPU-bound "
+    "work, hard time limits, terminate, memory recycling, crash isolation).",
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a job may run, for tasks that set no time_limit: a coroutine is cancelled, a "
+    "child killed; a thread cannot be stopped, so it is reported as stuck.",
+)
+@click.option(
+    "--soft-time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds after which SoftTimeLimitExceeded is raised inside a job (coroutines and "
+    "process-pool children), for tasks that set no soft_time_limit.",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Process pool: replace a child after this many jobs.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="MB",
+    help="Process pool: replace a child whose resident memory after a job is above this.",
 )
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing runs.")
 @click.option(
@@ -70,7 +107,12 @@ def worker(
     url: str | None,
     log_level: str,
     queues: str | None,
-    concurrency: int,
+    concurrency: int | None,
+    pool: str,
+    time_limit: float | None,
+    soft_time_limit: float | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: float | None,
     burst: bool,
     grace: float,
     wait_for_server: float,
@@ -81,7 +123,8 @@ def worker(
     """Run jobs: pull, run, then ack, retry (nak with a delay) or dead-letter.
 
     The first SIGTERM/SIGINT stops pulling and lets running jobs finish within --grace; the
-    rest are given back and run again elsewhere. A second signal exits at once.
+    rest are given back and run again elsewhere. A second signal kills the pool's children,
+    gives back every job in flight and exits.
     """
     from jsqueue.worker import Worker
 
@@ -113,12 +156,18 @@ def worker(
             burst=burst,
             grace=grace,
             worker_id=worker_id,
+            pool=pool,
+            app_spec=app_spec,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
         )
     except (JsqueueError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
     async def main() -> None:
-        _install_stop_signals(runner.stop, "worker")
+        _install_stop_signals(runner.stop, "worker", runner.abort)
         await runner.run(wait_for_server=wait_for_server)
         await app.close()
 
@@ -126,23 +175,43 @@ def worker(
     _exit_despite_threads()
 
 
-def _install_stop_signals(stop: Callable[[], None], what: str) -> None:
-    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
+def _install_stop_signals(
+    stop: Callable[[], None],
+    what: str,
+    abort: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: ``abort()`` (for at most 5 s), then exit."""
     loop = asyncio.get_running_loop()
     received: list[int] = []
+    aborting: list[asyncio.Task[None]] = []
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
         if len(received) == 1:
             log.warning("%s received %s: stopping gracefully (again to exit now)", what, sig.name)
             stop()
+            return
+        log.warning("%s received %s again: exiting now", what, sig.name)
+        if abort is None or aborting:
+            _exit_now(sig)
         else:
-            log.warning("%s received %s again: exiting now", what, sig.name)
-            logging.shutdown()
-            os._exit(128 + sig)
+            aborting.append(loop.create_task(_abort_then_exit(abort, sig)))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+
+
+async def _abort_then_exit(abort: Callable[[], Coroutine[Any, Any, None]], sig: int) -> None:
+    try:
+        await asyncio.wait_for(abort(), 5)
+    except Exception as exc:
+        log.error("giving back the jobs in flight failed (%s); they come back after ack_wait", exc)
+    _exit_now(sig)
+
+
+def _exit_now(sig: int) -> None:
+    logging.shutdown()
+    os._exit(128 + sig)
 
 
 def _exit_despite_threads() -> None:

@@ -37,7 +37,6 @@ from typing import Any
 
 from jsqueue.app import App, load_app
 from jsqueue.context import reset_current, set_current
-from jsqueue.envelope import Envelope
 from jsqueue.errors import NotRegistered, SerializeError, SoftTimeLimitExceeded
 from jsqueue.pools import protocol
 from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Message, Ready, Report, RunJob
@@ -189,18 +188,7 @@ def _run(app: App, message: RunJob, worker_id: str) -> Done:
 
 def _call(task: Task[Any, Any], job: ChildJob, worker: str) -> tuple[bool, Any, str]:
     """Run the task function: (True, value, "") or (False, exception, traceback text)."""
-    env = Envelope(
-        id=job.job_id,
-        task=job.task,
-        args=job.args,
-        kwargs=job.kwargs,
-        queue=job.queue,
-        eta=job.eta,
-        parent_id=job.parent_id,
-        root_id=job.root_id,
-        headers=job.headers,
-    )
-    token = set_current(env, job.attempt, worker)
+    token = set_current(job.envelope(), job.attempt, worker)
     try:
         _state.running = _Running(job, soft_armed=job.soft_time_limit is not None)
         try:

@@ -90,6 +90,8 @@ class ProcessPool:
     child once it reaches them; ``on_report(job_id, kind, data)`` receives what tasks report.
     """
 
+    kind = "process"
+
     def __init__(
         self,
         app_spec: str,

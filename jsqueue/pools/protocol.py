@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from jsqueue.envelope import Envelope
 from jsqueue.errors import SerializeError
 
 #: The signal the parent sends when a job's soft time limit passes.
@@ -42,6 +43,20 @@ class ChildJob:
     time_limit: float | None = None
     #: soft: SoftTimeLimitExceeded is raised inside the task after this many seconds
     soft_time_limit: float | None = None
+
+    def envelope(self) -> Envelope:
+        """The job as an envelope, for ``current_job()`` where it runs."""
+        return Envelope(
+            id=self.job_id,
+            task=self.task,
+            args=self.args,
+            kwargs=self.kwargs,
+            queue=self.queue,
+            eta=self.eta,
+            parent_id=self.parent_id,
+            root_id=self.root_id,
+            headers=self.headers,
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from tenacity import stop_after_attempt, wait_fixed
 
@@ -39,6 +40,15 @@ async def slow(i: int, seconds: float) -> None:
     job_id = current_job().id
     ledger.started(job_id)
     await asyncio.sleep(seconds)
+    ledger.finished(job_id)
+
+
+@app.task(ignore_result=True)
+def slow_def(i: int, seconds: float) -> None:
+    """The slow job as a def, for workers with --pool process: it runs in a pool child."""
+    job_id = current_job().id
+    ledger.started(job_id)
+    time.sleep(seconds)
     ledger.finished(job_id)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -102,6 +103,38 @@ async def test_2_sigkill_a_worker_repeatedly(scenario: Scenario) -> None:
     assert max(backs) <= ack_wait + 1, backs
     span = f"{min(backs):.2f}-{max(backs):.2f}s"
     print(f"[sigkill x6] {len(backs)} killed jobs came back after {span} (ack_wait {ack_wait}s)")
+
+
+async def test_2b_sigkill_workers_and_children_of_the_process_pool(scenario: Scenario) -> None:
+    """Under --pool process: a parent killed with its children, and children killed alone (each
+    fails only its own job, which is dead-lettered as a ChildDied). Nothing acked is lost."""
+    killed_children = 0
+    async with scenario.app:
+        await enqueue_all(
+            scenario, "tests.apps.ledgered.slow_def", [(i, 0.02) for i in range(1000)], "s2b"
+        )
+        args = ("--pool", "process", "-c", "3")
+        workers = [scenario.worker(*args, name=f"w{i}") for i in range(2)]
+        for round_ in range(4):
+            await asyncio.sleep(0.8)
+            victim = workers[round_ % 2]
+            if round_ % 2:
+                victim.kill()  # the parent: its children follow it
+                workers[round_ % 2] = scenario.worker(*args, name=f"w{round_}")
+                continue
+            pool = [c for c in psutil.Process(victim.pid).children(recursive=True)]
+            busy = [c for c in pool if c.ppid() != victim.pid]  # forked by the forkserver
+            for child in busy[:2]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+                    killed_children += 1
+        await scenario.drained(timeout=120)
+        for w in workers:
+            w.stop()
+        dead = await scenario.dead_ids()
+    line = report(scenario, dead, "process pool kills")
+    assert killed_children >= 2
+    assert 0 < len(dead) <= killed_children, line  # a killed child's job, and only that
 
 
 async def test_3_sigkill_between_side_effect_and_ack(scenario: Scenario) -> None:
@@ -225,7 +258,7 @@ async def test_6_a_job_that_kills_its_worker_every_time(scenario: Scenario) -> N
     report(scenario, dead, "crash loop")
     assert [letter.job_id for letter in letters] == ["s6"]  # once, not once per worker
     assert letters[0].reason == "crash_loop"
-    assert exits.count(3) == scenario.app.settings.max_deliver
+    assert exits.count(3) == 2  # it crashes once among others, then alone: proven, blamed
     assert left == {}
 
 

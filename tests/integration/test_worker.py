@@ -328,14 +328,23 @@ async def test_a_tasks_own_timeout_is_not_its_time_limit(jsq_app: App) -> None:
         assert (await job.info())["attempts"] == 2  # retried by its policy, as a TimeoutError
 
 
-def test_time_limit_on_a_thread_task_is_refused() -> None:
+def test_a_def_tasks_time_limit_needs_the_process_pool() -> None:
+    """Producers import the task module too: the limit is checked where it must hold, at the
+    worker's start, naming the pool that can hold it."""
     from jsqueue import ConfigError
 
     app = App("t")
-    with pytest.raises(ConfigError, match="time_limit works for async def tasks only"):
 
-        @app.task(time_limit=1)
-        def blocking() -> None: ...
+    @app.task(time_limit=1)
+    def blocking() -> None: ...
+
+    with pytest.raises(ConfigError, match="run the worker with --pool process"):
+        Worker(app)
+    Worker(app, queues=["other"])  # a worker that never gets the task need not refuse
+    with pytest.raises(ConfigError, match="must be positive seconds"):
+        app.task(soft_time_limit=-1)(lambda: None)
+    with pytest.raises(ConfigError, match="must be below its hard time limit"):
+        Worker(app, pool="process", app_spec="x:app", soft_time_limit=2)
 
 
 async def test_run_worker_in_burst_mode_returns_its_stats(jsq_app: App) -> None:
@@ -381,7 +390,7 @@ def test_concurrency_below_the_queue_count_is_refused() -> None:
     app = App("t")
     with pytest.raises(ConfigError, match="concurrency 1 is less than the 2 queue"):
         Worker(app, queues=["a", "b"], concurrency=1)
-    with pytest.raises(ConfigError, match="concurrency 0"):
+    with pytest.raises(ConfigError, match="concurrency must be at least 1, not 0"):
         Worker(app, concurrency=0)
 
 

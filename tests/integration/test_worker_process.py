@@ -82,13 +82,17 @@ async def test_grace_expiry_gives_the_job_back_at_once(
     assert float(starts[1].split()[2]) - given_back < 3  # at once, not after ack_wait
 
 
-async def test_a_job_that_kills_its_worker_ends_in_the_dlq_once(
+async def test_a_job_that_kills_its_worker_is_blamed_alone(
     faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
 ) -> None:
+    """The jobs in flight beside it come back with it; each of them runs alone, so the second
+    crash is the culprit's alone and only it is dead-lettered."""
     crash = faulty.tasks["tests.apps.faulty.crash"]
+    slow = faulty.tasks["tests.apps.faulty.slow"]
     quick = faulty.tasks["tests.apps.faulty.quick"]
     env = {"JSQ_TEST_ACK_WAIT": "0.5"}
     async with faulty:
+        beside = [await slow.delay(0.5, str(tmp_path)) for _ in range(4)]
         job = await crash.delay()
         broker = await faulty.broker()
         exits = []
@@ -102,11 +106,17 @@ async def test_a_job_that_kills_its_worker_ends_in_the_dlq_once(
         await quick.delay(1)
         with worker_process(nats_server.url, jsq_prefix, tmp_path, "--burst", **env) as w:
             assert await asyncio.to_thread(w.wait, 30) == 0
+            log = w.output()
         counts = await broker.stream_subject_counts(faulty.settings.jobs_stream, "*.q.>")
-    assert exits.count(3) == faulty.settings.max_deliver  # three crashes, then the DLQ
-    assert [(x.job_id, x.reason) for x in letters] == [(job.id, "crash_loop")]
-    assert "delivered 4 times without an outcome" in letters[0].error_message
+        results = [await b.get(timeout=10) for b in beside]
+    assert exits.count(3) == 2  # beside the others, then alone: proven
+    assert [(x.job_id, x.reason, x.error_type) for x in letters] == [
+        (job.id, "crash_loop", "WorkerLost")
+    ]
+    assert "the worker died while the job ran alone there" in letters[0].error_message
+    assert results == [b.id for b in beside]  # the innocent finished, none dead-lettered
     assert counts == {}  # gone from the jobs stream
+    assert "runs alone" in log or exits.count(0) >= 1
 
 
 async def test_server_restart_mid_run_loses_no_acked_job(

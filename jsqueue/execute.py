@@ -1,0 +1,204 @@
+"""Running a job's task where it belongs, within its limits, and stopping it on request.
+
+``async def`` tasks run on the worker's loop, driven by :class:`jsqueue.interrupt.Interruptible`
+so that a soft time limit raises :class:`SoftTimeLimitExceeded` inside them and a hard one
+cancels them. ``def`` tasks go to the worker's pool: threads of the worker (no limit can stop
+them) or supervised child processes (the child is killed at the hard limit, signalled at the
+soft one). Jobs that run in the worker's own process pass a :class:`jsqueue.gate.Gate`, so that a
+suspect (delivered again after its worker died) can run alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from jsqueue.context import reset_current, set_current
+from jsqueue.errors import ConfigError, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
+from jsqueue.gate import Gate
+from jsqueue.interrupt import Interruptible
+from jsqueue.pools.outcome import ChildOutcome
+from jsqueue.pools.protocol import ChildJob
+
+if TYPE_CHECKING:
+    from jsqueue.app import App
+    from jsqueue.settle import Job
+    from jsqueue.task import Task
+
+log = logging.getLogger("jsqueue.worker")
+
+
+class Pool(Protocol):
+    """What the worker needs of a pool for ``def`` tasks (threads or processes)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+    async def start(self) -> None: ...
+    async def run(self, job: ChildJob) -> ChildOutcome: ...
+    async def terminate(self, job_id: str) -> bool: ...
+    def children(self) -> list[Any]: ...
+    async def close(self, *, kill: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Worker-wide time limits in seconds, for tasks that set none of their own."""
+
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+
+    def of(self, task: Task[Any, Any]) -> tuple[float | None, float | None]:
+        """The (hard, soft) limits of ``task``: its own, else the worker's."""
+        hard = task.options.time_limit or self.time_limit
+        soft = task.options.soft_time_limit or self.soft_time_limit
+        return hard, soft
+
+    def check(self, app: App, pool_kind: str, queues: Sequence[str]) -> None:
+        """Refuse, before the worker starts, limits that cannot hold: a soft limit at or above
+        the hard one, or the hard limit of a ``def`` task routed to ``queues`` under the thread
+        pool."""
+        for value, name in ((self.time_limit, "--time-limit"), (self.soft_time_limit, "soft")):
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive seconds, not {value!r}")
+        for task in app.tasks.values():
+            hard, soft = self.of(task)
+            if hard is not None and soft is not None and soft >= hard:
+                raise ConfigError(
+                    f"task {task.name}: its soft time limit ({soft}s) must be below its hard "
+                    f"time limit ({hard}s), or it could never fire"
+                )
+            thread = pool_kind == "thread" and not task.is_async
+            if thread and task.options.time_limit and task.queue in queues:
+                raise ConfigError(
+                    f"task {task.name} has time_limit={task.options.time_limit}, which a "
+                    "thread cannot keep: run the worker with --pool process (a child is "
+                    "killed at the limit)"
+                )
+
+
+class TaskExecutor:
+    """Runs tasks for one worker; knows which job runs where, to stop it."""
+
+    def __init__(self, pool: Pool, limits: Limits, worker_id: str) -> None:
+        self.pool = pool
+        self.limits = limits
+        self.worker_id = worker_id
+        self.gate = Gate()
+        #: job id -> "async" | "thread" | "process", of the jobs running now
+        self.where: dict[str, str] = {}
+        self._coroutines: dict[str, Interruptible] = {}
+
+    def in_worker(self, task: Task[Any, Any]) -> bool:
+        """Whether ``task`` runs in the worker's own process (so a crash takes the worker)."""
+        return task.is_async or self.pool.kind == "thread"
+
+    async def execute(
+        self, job: Job, *, alone: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Run the task; its value or error ends up on ``job``. Never raises but a cancel.
+
+        A job that runs in this process enters the gate first (``job.gate``; the runner
+        leaves it once the job is settled). With ``alone``, no other job of this process runs
+        or settles beside it, and ``alone()`` is awaited once that holds (to record it).
+        """
+        task = job.task
+        assert task is not None
+        if not self.in_worker(task):
+            await self._in_pool(job)
+            return
+        await self.gate.enter(alone=alone is not None)
+        job.gate = alone is not None
+        if alone is not None:
+            await alone()
+        if task.is_async:
+            await self._on_loop(job)
+        else:
+            await self._in_pool(job)
+
+    async def terminate(self, job_id: str) -> str | None:
+        """Stop job ``job_id`` if it runs here: what was done ("cancelled", "killed", or
+        "cannot" for a thread), or None if it does not run here."""
+        where = self.where.get(job_id)
+        if where is None:
+            return None
+        if where == "async":
+            coroutine = self._coroutines.get(job_id)
+            return "cancelled" if coroutine is not None and coroutine.stop() else None
+        if where == "process":
+            return "killed" if await self.pool.terminate(job_id) else None
+        return "cannot"
+
+    async def _on_loop(self, job: Job) -> None:
+        env, task = job.env, job.task
+        assert env is not None
+        assert task is not None
+        hard, soft = self.limits.of(task)
+        token = set_current(env, job.delivery.attempt, self.worker_id)
+        coroutine = Interruptible(task.fn(*env.args, **env.kwargs))
+        self._coroutines[env.id] = coroutine
+        self.where[env.id] = "async"
+        timer = None
+        if soft is not None:
+            error = SoftTimeLimitExceeded(f"{task.name} ran past its soft_time_limit of {soft}s")
+            timer = asyncio.get_running_loop().call_later(soft, coroutine.interrupt, error)
+        deadline = asyncio.timeout(hard) if hard is not None else None
+        try:
+            if deadline is None:
+                job.value = await coroutine
+            else:
+                async with deadline:
+                    job.value = await coroutine
+        except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                job.error = TimeLimitExceeded(f"{task.name} ran past its time_limit of {hard}s")
+            else:
+                job.error = exc  # the task's own time-out, not ours
+        except asyncio.CancelledError:
+            if not coroutine.stopped:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            job.error = Terminated(f"job {env.id} was terminated on request (revoked)")
+        except BaseException as exc:
+            job.error = exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._coroutines.pop(env.id, None)
+            self.where.pop(env.id, None)
+            reset_current(token)
+
+    async def _in_pool(self, job: Job) -> None:
+        env, task = job.env, job.task
+        assert env is not None
+        assert task is not None
+        hard, soft = self.limits.of(task)
+        self.where[env.id] = self.pool.kind
+        try:
+            result = await self.pool.run(
+                ChildJob(
+                    job_id=env.id,
+                    task=env.task,
+                    args=env.args,
+                    kwargs=env.kwargs,
+                    attempt=job.delivery.attempt,
+                    queue=env.queue,
+                    worker=self.worker_id,
+                    headers=env.headers,
+                    parent_id=env.parent_id,
+                    root_id=env.root_id,
+                    eta=env.eta,
+                    time_limit=hard,
+                    soft_time_limit=soft,
+                )
+            )
+        finally:
+            self.where.pop(env.id, None)
+        job.value, job.error, job.remote_traceback = result.value, result.error, result.traceback
