@@ -1,8 +1,8 @@
 """The brokers the peers use: addresses, reachability, versions, and the bundled nats-server.
 
 Redis and RabbitMQ are expected to run already (a peer whose server does not answer is skipped).
-NATS always comes from :class:`jsqueue.server.NatsServer` (the bundled 2.15 build) on a free port,
-never from whatever listens on 4222: the harness starts one per run and exports its URL.
+NATS always comes from :class:`jsqueue.wire.server.NatsServer` (the bundled 2.15 build) on a free
+port, never from whatever listens on 4222: the harness starts one per run and exports its URL.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from jsqueue.server import NatsServer, server_version
+from jsqueue.wire.server import NatsServer, server_version
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # kombu spells the "/" vhost "//"...

@@ -2,7 +2,7 @@
 
 from jsqueue.app import App
 from jsqueue.beat import run_beat
-from jsqueue.canvas import GroupResult, Signature, chain, chord, group
+from jsqueue.canvas import chain, chord, group
 from jsqueue.context import JobContext, current_job
 from jsqueue.errors import (
     ArgumentsError,
@@ -27,8 +27,10 @@ from jsqueue.errors import (
     TimeLimitExceeded,
     WorkerLost,
 )
-from jsqueue.results import AsyncResult, JobState
 from jsqueue.retry import RetryPolicy
+from jsqueue.services.handles import AsyncResult, GroupResult
+from jsqueue.services.results import JobState
+from jsqueue.signature import Signature
 from jsqueue.task import Task
 from jsqueue.worker import run_worker
 

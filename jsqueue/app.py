@@ -15,23 +15,25 @@ import re
 import sys
 import weakref
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from typing_extensions import Unpack
 
-from jsqueue.broker import Broker
-from jsqueue.canvas import Signature
 from jsqueue.config import Serializer, Settings, SettingsKwargs, check_job_id
 from jsqueue.errors import ConfigError, NotRegistered
 from jsqueue.hooks import Hooks
-from jsqueue.results import AsyncResult, ResultBackend
 from jsqueue.retry import RetryPolicy
 from jsqueue.schedule import Cron, Every, Schedule
-from jsqueue.syncbridge import LoopThread
+from jsqueue.services.handles import AsyncResult
+from jsqueue.services.producer import Route
+from jsqueue.services.results import ResultBackend
+from jsqueue.signature import Signature
+from jsqueue.sync import LoopThread
 from jsqueue.task import Task, TaskOptions
+from jsqueue.wire import Broker
 
 log = logging.getLogger("jsqueue.app")
 _ENTRY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -65,7 +67,6 @@ class _LoopState:
     lock: asyncio.Lock
     connected: bool = False
     results: ResultBackend | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class App:
@@ -252,6 +253,10 @@ class App:
         """A signature of a task by name, for tasks whose code this process does not have."""
         return Signature(task, args, kwargs, app=self)
 
+    def route(self, task: str) -> Route | None:
+        """The task registered as ``task`` (its queue, serializer, arguments), or None."""
+        return self.tasks.get(task)
+
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``; :class:`NotRegistered` if none."""
         try:
@@ -303,13 +308,6 @@ class App:
                 if state.results is None:
                     state.results = await ResultBackend.open(broker)
         return state.results
-
-    def loop_extra(self, key: str) -> Any:
-        """Per-loop state other modules keep on the app (e.g. the revoked set)."""
-        return self._state().extras.get(key)
-
-    def set_loop_extra(self, key: str, value: Any) -> None:
-        self._state().extras[key] = value
 
     async def close(self) -> None:
         """Close this event loop's connection (pending acks and publishes are flushed)."""

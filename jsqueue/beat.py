@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 
 from jsqueue.app import App, PeriodicEntry
-from jsqueue.errors import JsqueueError
-from jsqueue.kvstore import KeyExists, KvStore
-from jsqueue.producer import send
+from jsqueue.errors import ConfigError, JsqueueError
 from jsqueue.schedule import to_fire
+from jsqueue.services.producer import send
+from jsqueue.wire import KeyExists, KvStore
 
 log = logging.getLogger("jsqueue.beat")
 
@@ -57,7 +57,7 @@ class Beat:
         beat_id: str | None = None,
     ) -> None:
         if lease_ttl < 1:
-            raise ValueError("lease_ttl must be at least 1 second")
+            raise ConfigError(f"lease_ttl must be at least 1 second, not {lease_ttl!r}")
         self._window = catch_up_window
         self.app = app
         self.lease_ttl = lease_ttl

@@ -190,7 +190,8 @@ class Settings:
 
     def bucket(self, purpose: str) -> str:
         """The KV bucket for ``purpose``, one of :data:`BUCKETS`."""
-        assert purpose in BUCKETS, purpose
+        if purpose not in BUCKETS:
+            raise ConfigError(f"no bucket for {purpose!r}: jsqueue's buckets are {BUCKETS}")
         return f"{self.prefix}_{purpose}"
 
     @property

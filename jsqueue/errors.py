@@ -1,7 +1,7 @@
 """The jsqueue exception tree, and the two exceptions a task raises to steer its own fate.
 
 Every error jsqueue raises derives from :class:`JsqueueError`; nats-py errors are translated at the
-broker boundary, so callers never need to import nats to handle a failure.
+wire boundary, so callers never need to import nats to handle a failure.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class PublishError(JsqueueError):
     """The server did not confirm a publish; the job may be stored or not (retry with its id)."""
 
 
-# What a NATS operation's failure means to its caller. The broker layer translates every nats-py
+# What a NATS operation's failure means to its caller. The wire package translates every nats-py
 # error into one of these, so a caller can act on it without importing nats.
 
 
@@ -53,6 +53,15 @@ class ConnectionLost(WireError):
 
 class PayloadTooLarge(PublishError, InvalidError):
     """The encoded job is larger than the server's max_payload; nothing was published."""
+
+
+class PublishRefused(PublishError, InvalidError):
+    """The server refused the message itself (a header too large, a subject no stream takes):
+    sending it again cannot help."""
+
+
+class PublishNotPermitted(PublishError, RefusedError):
+    """This NATS user may not publish to the subject; nothing was published."""
 
 
 class NotRegistered(JsqueueError, KeyError):

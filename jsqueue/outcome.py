@@ -4,8 +4,8 @@ The runner gathers the facts (what the task raised, which delivery this was, the
 policy, whether a result is kept and whether canvas steps follow) and the functions here answer
 with a :class:`Plan`: which state to record, which follow-ups to carry out, what to do with the
 delivery (ack, ``nak`` with a delay, or a dead-letter copy and then ``term``), which counter to
-bump and which event to emit. :mod:`jsqueue.settle` carries every plan out in one place, in the
-order the plan's promises need (result before ack, dead-letter copy before term).
+bump and which event to emit. :mod:`jsqueue.worker.settle` carries every plan out in one
+place, in the order the plan's promises need (result before ack, dead-letter copy before term).
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jsqueue.broker import Broker
 from jsqueue.config import Settings, redact_url
 from jsqueue.errors import ConfigError, JsqueueError
-from jsqueue.server import NatsServer, listening, server_version
+from jsqueue.wire import Broker
+from jsqueue.wire.server import NatsServer, listening, server_version
 
-log = logging.getLogger("jsqueue.server")
+log = logging.getLogger("jsqueue.wire.server")
 
 
 async def serve(url: str, port: int | None, store_dir: str) -> None:

@@ -7,25 +7,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
-from jsqueue.canvas import Signature
 from jsqueue.config import Serializer, check_job_id, check_queue
-from jsqueue.errors import ArgumentsError, ConfigError, JsqueueError
-from jsqueue.producer import build_envelope, send, send_many
-from jsqueue.results import AsyncResult
+from jsqueue.errors import ArgumentsError, ConfigError
 from jsqueue.retry import RetryPolicy
-
-if TYPE_CHECKING:
-    from jsqueue.app import App
+from jsqueue.services.deps import Deps
+from jsqueue.services.handles import AsyncResult
+from jsqueue.services.producer import build_envelope, send, send_many
+from jsqueue.signature import Signature
+from jsqueue.sync import SyncHost, blocking, needs_loop
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class TaskHost(Deps, Protocol):
+    """What a task needs of the app it is registered on."""
+
+    @property
+    def default_retry(self) -> RetryPolicy | None: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class TaskOptions:
 class Task(Generic[P, R]):
     """A registered task. Call it to run the function here; ``delay`` it to run it on a worker."""
 
-    def __init__(self, app: App, fn: Callable[P, Any], options: TaskOptions) -> None:
+    def __init__(self, app: TaskHost, fn: Callable[P, Any], options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.options = options
@@ -115,12 +120,16 @@ class Task(Generic[P, R]):
 
     # -- sending -------------------------------------------------------------------------------
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, AsyncResult[R]]:
-        """Send a job with these arguments; await it for the :class:`AsyncResult`."""
-        _require_loop(self.fn.__name__, "delay")
-        return self._send(args, kwargs)
+    def _sync_host(self) -> SyncHost:
+        return self.app
 
-    def apply_async(
+    @needs_loop
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send a job with these arguments; await it for the :class:`AsyncResult`."""
+        return await self._send(args, kwargs)
+
+    @needs_loop
+    async def apply_async(
         self,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
@@ -131,15 +140,14 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         expires: datetime | float | None = None,
         headers: dict[str, str] | None = None,
-    ) -> Coroutine[Any, Any, AsyncResult[R]]:
+    ) -> AsyncResult[R]:
         """Send a job with options; await it for the :class:`AsyncResult`.
 
         ``job_id`` is an idempotency key: the same id twice within the duplicate window stores
         one job. ``countdown`` (seconds) or ``eta`` (aware datetime) delay it on the server;
         ``expires`` (seconds from now, or an aware datetime) skips it if picked up later.
         """
-        _require_loop(self.fn.__name__, "apply_async")
-        return self._send(
+        return await self._send(
             tuple(args),
             kwargs or {},
             queue=queue,
@@ -150,18 +158,8 @@ class Task(Generic[P, R]):
             headers=headers,
         )
 
-    def delay_sync(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """:meth:`delay` for code without an event loop; blocks until the server stored it."""
-        return self.app.run_sync(self._send(args, kwargs))
-
-    def apply_async_sync(
-        self,
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> AsyncResult[R]:
-        """:meth:`apply_async` for code without an event loop."""
-        return self.app.run_sync(self._send(tuple(args), kwargs or {}, **options))
+    delay_sync = blocking(delay)
+    apply_async_sync = blocking(apply_async)
 
     async def _send(
         self, args: Sequence[Any], kwargs: dict[str, Any], **options: Any
@@ -230,13 +228,3 @@ def _plain_arity(signature: inspect.Signature) -> int | None:
     if all(p.kind in kinds and p.default is inspect.Parameter.empty for p in params):
         return len(signature.parameters)
     return None
-
-
-def _require_loop(task: str, method: str) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise JsqueueError(
-            f"{task}.{method}() needs a running event loop (await it in async code); in "
-            f"synchronous code call {task}.{method}_sync(...) instead"
-        ) from None

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from jsqueue import App
-from jsqueue import dlq as dead_letters
-from jsqueue.ledger import Ledger
+from jsqueue.services import dlq as dead_letters
 from jsqueue.testing import Process
+from jsqueue.testing.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 

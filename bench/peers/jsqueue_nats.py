@@ -9,7 +9,7 @@ from bench.peers.base import Peer, python_m
 from bench.record import record
 from bench.servers import nats_url
 from jsqueue import App
-from jsqueue.broker import Broker
+from jsqueue.wire.broker import Broker
 
 CONCURRENCY = 64
 
@@ -57,19 +57,19 @@ class JsqueuePeer(Peer):
 
     async def describe(self) -> str:
         broker = await self._broker()
-        stream = (await broker.stream_info(app.settings.jobs_stream)).state
-        info = await broker.consumer_info(app.settings.default_queue)
+        stream = await broker.streams.state(app.settings.jobs_stream)
+        info = await broker.streams.consumer(app.settings.default_queue)
         if info is None:
             return f"stream: {stream.messages} messages; no consumer"
         return (
-            f"stream: {stream.messages} messages (seq {stream.first_seq}-{stream.last_seq}); "
-            f"consumer: {info.num_pending} pending, {info.num_ack_pending} unacked, "
-            f"{info.num_waiting} waiting pulls, {info.num_redelivered} redelivered"
+            f"stream: {stream.messages} messages; consumer: {info.pending} pending, "
+            f"{info.ack_pending} unacked, {info.waiting} waiting pulls, "
+            f"{info.redelivered} redelivered"
         )
 
     async def purge(self) -> None:
         broker = await self._broker()
-        await broker.purge_stream(app.settings.jobs_stream)
+        await broker.streams.purge(app.settings.jobs_stream)
 
     def worker_commands(
         self, procs: int, *, results: bool = False, latency: bool = False

@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from jsqueue import dlq as dead_letters
 from jsqueue.cli.common import (
     app_options,
     cli,
@@ -19,6 +18,7 @@ from jsqueue.cli.common import (
     with_broker,
 )
 from jsqueue.errors import JsqueueError
+from jsqueue.services import dlq as dead_letters
 
 
 @cli.group()

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from jsqueue.cli.common import app_from, app_options, cli, run, setup_logging, table, when
-from jsqueue.events import describe, subject_filter
-from jsqueue.status import (
+from jsqueue.services.events import describe, subject_filter
+from jsqueue.services.status import (
     QueueStatus,
     ServerStatus,
     locate_job,

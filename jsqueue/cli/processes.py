@@ -133,7 +133,7 @@ def worker(
     if events:
         app.configure(events=True)
     if metrics_port is not None:
-        from jsqueue.metrics import PrometheusMetrics
+        from jsqueue.services.metrics import PrometheusMetrics
 
         try:
             metrics = PrometheusMetrics()

@@ -6,8 +6,8 @@ decodes and settles; the pool only runs.
 """
 
 from jsqueue.pools.child import report
-from jsqueue.pools.outcome import ChildOutcome
-from jsqueue.pools.process import ChildInfo, ProcessPool
+from jsqueue.pools.outcome import ChildInfo, ChildOutcome
+from jsqueue.pools.process import ProcessPool
 from jsqueue.pools.protocol import ChildJob
 
 __all__ = ["ChildInfo", "ChildJob", "ChildOutcome", "ProcessPool", "report"]

@@ -9,11 +9,12 @@ a pickled exception loses its ``__traceback__``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from jsqueue.errors import RemoteError, SerializeError
+from jsqueue.errors import PoolClosed, RemoteError, SerializeError
 from jsqueue.pools import protocol
 from jsqueue.pools.protocol import ChildJob, Done
 
@@ -53,3 +54,33 @@ def from_done(done: Done, job: ChildJob, pid: int) -> ChildOutcome:
             if isinstance(loaded, BaseException):
                 error = loaded
     return ChildOutcome(error=error, traceback=done.traceback, **common)
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    """One child of the pool: what it runs (``started`` is Unix seconds) and has run."""
+
+    pid: int
+    job_id: str | None
+    started: float | None
+    rss_mb: float | None
+    jobs_done: int
+
+
+@dataclass
+class Busy:
+    job: ChildJob
+    future: asyncio.Future[ChildOutcome]
+    started: float  # Unix seconds, for ChildInfo
+    began: float  # loop time, for durations
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    kill_reason: BaseException | None = None
+
+    @property
+    def label(self) -> str:
+        return f"job {self.job.job_id} ({self.job.task})"
+
+
+def closed_before(job: ChildJob) -> ChildOutcome:
+    """The outcome of a job the pool closed before it started."""
+    return ChildOutcome(error=PoolClosed(f"the pool was closed before job {job.job_id} started"))

@@ -11,9 +11,8 @@ and a NATS connection, and a forked child would inherit their locks mid-use and 
 child: 400-500 ms each on a 2-core machine. The forkserver is spawned once (about 550 ms, on the
 first start) and is single-threaded, with jsqueue and, when the worker has imported it, the app
 module preloaded; a child forked from it is ready in about 10 ms, so replacing a child after a
-crash, a limit or a recycle is cheap. As with spawn, multiprocessing imports the worker's main
-script (not a ``-m`` module) in each child as ``__mp_main__``: about 10 ms more, and a script
-that starts a pool must guard its entry point with ``if __name__ == "__main__":``.
+crash, a limit or a recycle is cheap. As with spawn, a worker's main script (not a ``-m``
+module) is imported in each child as ``__mp_main__``: guard its entry point.
 
 Nobody outlives the worker: the forkserver exits when the worker dies, however it dies, and
 each child arms ``PR_SET_PDEATHSIG`` against the forkserver (see :mod:`jsqueue.pools.child`).
@@ -35,7 +34,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from jsqueue.errors import (
@@ -49,7 +47,7 @@ from jsqueue.errors import (
 )
 from jsqueue.pools import protocol
 from jsqueue.pools.handle import ChildHandle, describe_exit, launch, preload_modules
-from jsqueue.pools.outcome import ChildOutcome, from_done
+from jsqueue.pools.outcome import Busy, ChildInfo, ChildOutcome, closed_before, from_done
 from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Report, RunJob
 
 log = logging.getLogger("jsqueue.pool")
@@ -60,27 +58,6 @@ ReportCallback = Callable[[str, str, dict[str, Any]], None]
 _STOP_GRACE = 10.0
 #: first and longest wait between attempts to start a replacement child that failed to start
 _RETRY_FIRST, _RETRY_MAX = 0.5, 30.0
-
-
-@dataclass(frozen=True)
-class ChildInfo:
-    """One child of the pool: what it runs (``started`` is Unix seconds) and has run."""
-
-    pid: int
-    job_id: str | None
-    started: float | None
-    rss_mb: float | None
-    jobs_done: int
-
-
-@dataclass
-class _Busy:
-    job: ChildJob
-    future: asyncio.Future[ChildOutcome]
-    started: float  # Unix seconds, for ChildInfo
-    began: float  # loop time, for durations
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    kill_reason: BaseException | None = None
 
 
 class ProcessPool:
@@ -120,7 +97,7 @@ class ProcessPool:
         self._start_timeout = start_timeout
         self._live: dict[ChildHandle, None] = {}  # in service, idle or busy, in start order
         self._idle: deque[ChildHandle] = deque()
-        self._busy: dict[ChildHandle, _Busy] = {}
+        self._busy: dict[ChildHandle, Busy] = {}
         self._retiring: set[ChildHandle] = set()
         self._waiters: deque[asyncio.Future[ChildHandle | None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()  # readers and replacements
@@ -171,7 +148,7 @@ class ProcessPool:
         for handle in stopping:
             busy = self._busy.get(handle)
             if kill and busy is not None:
-                self._kill(handle, busy, PoolClosed(f"the pool was killed while {_job(busy)} ran"))
+                self._kill(handle, busy, PoolClosed(f"the pool was killed while {busy.label} ran"))
             elif kill:
                 handle.kill()
             elif busy is None:
@@ -191,14 +168,14 @@ class ProcessPool:
         if not self._started:
             raise JsqueueError("call ProcessPool.start() before run()")
         if self._closed:
-            return _closed(job)
+            return closed_before(job)
         try:
             body = protocol.dump_blob(job, what=f"the arguments of job {job.job_id} ({job.task})")
         except SerializeError as exc:
             return ChildOutcome(error=exc)
         handle = await self._acquire()
         if handle is None:
-            return _closed(job)
+            return closed_before(job)
         return await self._dispatch(handle, job, RunJob(job.job_id, job.task, body))
 
     async def terminate(self, job_id: str) -> bool:
@@ -207,7 +184,7 @@ class ProcessPool:
         for handle, busy in self._busy.items():
             if busy.job.job_id == job_id:
                 reason = Terminated(
-                    f"{_job(busy)} was terminated on request; its pool child {handle.pid} "
+                    f"{busy.label} was terminated on request; its pool child {handle.pid} "
                     "was killed"
                 )
                 self._kill(handle, busy, reason)
@@ -219,7 +196,7 @@ class ProcessPool:
         return [self._info(handle, self._busy.get(handle)) for handle in self._live]
 
     @staticmethod
-    def _info(handle: ChildHandle, busy: _Busy | None) -> ChildInfo:
+    def _info(handle: ChildHandle, busy: Busy | None) -> ChildInfo:
         job_id, started = (busy.job.job_id, busy.started) if busy else (None, None)
         return ChildInfo(handle.pid, job_id, started, handle.rss_mb, handle.jobs_done)
 
@@ -239,7 +216,7 @@ class ProcessPool:
 
     async def _dispatch(self, handle: ChildHandle, job: ChildJob, message: RunJob) -> ChildOutcome:
         loop = asyncio.get_running_loop()
-        busy = _Busy(job, loop.create_future(), time.time(), loop.time())
+        busy = Busy(job, loop.create_future(), time.time(), loop.time())
         self._busy[handle] = busy
         if job.time_limit is not None:
             busy.timers.append(loop.call_later(job.time_limit, self._hard_limit, handle, busy))
@@ -251,18 +228,18 @@ class ProcessPool:
         try:
             return await busy.future
         except asyncio.CancelledError:
-            reason = Terminated(f"the run() of {_job(busy)} was cancelled; its child was killed")
+            reason = Terminated(f"the run() of {busy.label} was cancelled; its child was killed")
             self._kill(handle, busy, reason)
             raise
 
-    def _hard_limit(self, handle: ChildHandle, busy: _Busy) -> None:
+    def _hard_limit(self, handle: ChildHandle, busy: Busy) -> None:
         reason = TimeLimitExceeded(
-            f"{_job(busy)} ran past its time_limit of {busy.job.time_limit}s; its pool child "
+            f"{busy.label} ran past its time_limit of {busy.job.time_limit}s; its pool child "
             f"{handle.pid} was killed"
         )
         self._kill(handle, busy, reason)
 
-    def _kill(self, handle: ChildHandle, busy: _Busy, reason: BaseException) -> None:
+    def _kill(self, handle: ChildHandle, busy: Busy, reason: BaseException) -> None:
         if busy.kill_reason is None:
             busy.kill_reason = reason
         for timer in busy.timers:
@@ -403,7 +380,7 @@ class ProcessPool:
             for timer in busy.timers:
                 timer.cancel()
             error = busy.kill_reason or ChildDied(
-                f"pool child {handle.pid} {describe_exit(code)} while running {_job(busy)}",
+                f"pool child {handle.pid} {describe_exit(code)} while running {busy.label}",
                 pid=handle.pid,
                 exitcode=code,
             )
@@ -416,11 +393,3 @@ class ProcessPool:
             log.warning("idle pool child %d %s", handle.pid, describe_exit(code))
         if not handle.retiring and not self._closed:
             self._refill()
-
-
-def _job(busy: _Busy) -> str:
-    return f"job {busy.job.job_id} ({busy.job.task})"
-
-
-def _closed(job: ChildJob) -> ChildOutcome:
-    return ChildOutcome(error=PoolClosed(f"the pool was closed before job {job.job_id} started"))

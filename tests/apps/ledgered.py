@@ -13,7 +13,7 @@ import time
 from tenacity import stop_after_attempt, wait_fixed
 
 from jsqueue import App, RetryPolicy, current_job
-from jsqueue.ledger import Ledger
+from jsqueue.testing.ledger import Ledger
 
 app = App(
     "ledgered",

@@ -39,11 +39,11 @@ class Cluster(LedgeredSystem):
         last: object = None
         while True:
             try:
-                info = await broker.consumer_info("default")
-                idle = info is not None and not info.num_pending and not info.num_ack_pending
+                info = await broker.streams.consumer("default")
+                idle = info is not None and not info.pending and not info.ack_pending
                 if idle and set(self.ledger.times("acked")) <= set(self.ledger.times("finished")):
                     return
-                last = info and (info.num_pending, info.num_ack_pending, info.cluster)
+                last = info and (info.pending, info.ack_pending, info.followers)
             except Exception as exc:  # a leader election in progress
                 last = repr(exc)
             if time.monotonic() > deadline:  # say what the consumer looked like, and the workers
@@ -128,19 +128,15 @@ async def test_raising_replicas_reaches_every_stream_and_bucket(cluster: Cluster
             broker = await three.broker()
             s = three.settings
             for name in (s.jobs_stream, s.dlq_stream, f"KV_{s.bucket('results')}"):
-                info = await broker.js.stream_info(name)
-                assert info.config.num_replicas == 3, name
+                info = await broker.streams.state(name)
+                assert info.replicas == 3, name
             # the consumer that counts a chord's members survives a node too
             chords = await broker.kv("chords", ttl=60)
             await chords.create("c.m.0", b"{}")
             assert await chords.count_keys("c.m.*") == 1
-            [counter] = [
-                c
-                for c in await broker.js.consumers_info(chords.stream)
-                if c.name.startswith("count_")
-            ]
-            assert counter.cluster is not None
-            assert len(counter.cluster.replicas or []) == 2  # two followers: R3
+            consumers = await broker.streams.consumers(chords.stream)
+            [counter] = [c for c in consumers if c.name.startswith("count_")]
+            assert counter.followers == 2  # two followers: R3
     finally:
         await destroy(three)
         await one.close()
@@ -226,7 +222,7 @@ async def test_4_beat_leader_on_the_killed_node_ticks_once(cluster: Cluster) -> 
         first.stop()
         second.stop()
         broker = await cluster.app.broker()
-        messages = await broker.messages(
+        messages = await broker.streams.messages(
             cluster.app.settings.jobs_stream, cluster.app.settings.queue_subject("default")
         )
     ticks = [int(json.loads(m.data)["id"].rsplit(".", 1)[1]) for m in messages]

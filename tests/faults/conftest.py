@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jsqueue.server import NatsServer
+from jsqueue.wire.server import NatsServer
 from tests.harness import LedgeredSystem
 
 
@@ -33,8 +33,8 @@ class Scenario(LedgeredSystem):
         broker = await self.app.broker()
         deadline = time.monotonic() + timeout
         while True:
-            info = await broker.consumer_info(queue)
-            if info is not None and not info.num_pending and not info.num_ack_pending:
+            info = await broker.streams.consumer(queue)
+            if info is not None and not info.pending and not info.ack_pending:
                 return
             assert time.monotonic() < deadline, f"queue {queue} did not drain: {info}"
             await asyncio.sleep(0.1)

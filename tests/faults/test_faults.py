@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from jsqueue import PayloadTooLarge, TaskFailed
-from jsqueue import dlq as dead_letters
 from jsqueue.envelope import new_job_id
-from jsqueue.producer import build_envelope, send_many
+from jsqueue.services import dlq as dead_letters
+from jsqueue.services.producer import build_envelope, send_many
 from jsqueue.testing import wait_until
 
 from .conftest import Scenario
@@ -122,8 +122,13 @@ async def test_2b_sigkill_workers_and_children_of_the_process_pool(scenario: Sce
                 victim.kill()  # the parent: its children follow it
                 workers[round_ % 2] = scenario.worker(*args, name=f"w{round_}")
                 continue
-            pool = [c for c in psutil.Process(victim.pid).children(recursive=True)]
-            busy = [c for c in pool if c.ppid() != victim.pid]  # forked by the forkserver
+
+            def children(pid: int = victim.pid) -> list[psutil.Process]:
+                found = psutil.Process(pid).children(recursive=True)
+                return [c for c in found if c.ppid() != pid]  # forked by the forkserver
+
+            await wait_until(lambda: len(children()) >= 3, 30, "the pool's children")
+            busy = children()
             for child in busy[:2]:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
@@ -252,13 +257,15 @@ async def test_6_a_job_that_kills_its_worker_every_time(scenario: Scenario) -> N
             proc = scenario.worker("--burst")
             exits.append(await asyncio.to_thread(proc.wait, 30))
         broker = await scenario.app.broker()
-        left = await broker.stream_subject_counts(scenario.app.settings.jobs_stream, ">")
+        left = await broker.streams.subject_counts(scenario.app.settings.jobs_stream, ">")
         letters = await dead_letters.list_letters(broker)
         dead = await scenario.dead_ids()
     report(scenario, dead, "crash loop")
     assert [letter.job_id for letter in letters] == ["s6"]  # once, not once per worker
     assert letters[0].reason == "crash_loop"
-    assert exits.count(3) == 2  # it crashes once among others, then alone: proven, blamed
+    assert exits.count(3) == 4  # once among others, then three times alone: blamed
+    assert letters[0].error_type == "WorkerLost"
+    assert "a worker died each of the 3 times the job ran alone" in letters[0].error_message
     assert left == {}
 
 
@@ -286,7 +293,7 @@ async def test_8_payloads_over_max_payload(tmp_path: Path, scenario: Scenario) -
         task = scenario.app.tasks["tests.apps.ledgered.blob"]
         with pytest.raises(PayloadTooLarge, match=f"accepts at most {limit}"):
             await task.delay("y" * (limit + 10))
-        assert await broker.stream_subject_counts(scenario.app.settings.jobs_stream, ">") == {}
+        assert await broker.streams.subject_counts(scenario.app.settings.jobs_stream, ">") == {}
         big = "z" * (limit - 2_000)  # fits; its dead letter (error text, traceback) would not
         await scenario.ledger.enqueue("s8", task.apply_async(args=(big,), job_id="s8"))
         with scenario.workers(1):
@@ -368,14 +375,14 @@ async def test_11_backlog_of_50000_leaves_worker_memory_flat(scenario: Scenario)
                 for env in envs:
                     scenario.ledger.acked(env.id)
                 peak = max(peak, psutil.Process(worker.pid).memory_info().rss)
-            info = await broker.consumer_info("default")
+            info = await broker.streams.consumer("default")
             assert info is not None
-            backlog = info.num_pending  # enqueued faster than one worker runs them
+            backlog = info.pending  # enqueued faster than one worker runs them
             assert backlog > 1_000
             while True:
-                info = await broker.consumer_info("default")
+                info = await broker.streams.consumer("default")
                 peak = max(peak, psutil.Process(worker.pid).memory_info().rss)
-                if info is not None and not info.num_pending and not info.num_ack_pending:
+                if info is not None and not info.pending and not info.ack_pending:
                     break
                 await asyncio.sleep(0.2)
         dead = await scenario.dead_ids()

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from jsqueue import App, AsyncResult, JobState, JsqueueError, PublishError, dlq
+from jsqueue import App, AsyncResult, JobState, JsqueueError, PublishError
 from jsqueue.config import BUCKETS
-from jsqueue.server import NatsServer
+from jsqueue.services import dlq
 from jsqueue.testing import burst
+from jsqueue.wire.server import NatsServer
 
 pytestmark = pytest.mark.slow
 

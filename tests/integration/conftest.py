@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jsqueue import App
-from jsqueue.server import NatsServer
 from jsqueue.testing import destroy
+from jsqueue.wire.server import NatsServer
 
 from .support import ROOT
 

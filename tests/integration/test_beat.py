@@ -16,8 +16,8 @@ import pytest
 import jsqueue
 from jsqueue import App, current_job
 from jsqueue.beat import Beat
-from jsqueue.server import NatsServer
 from jsqueue.testing import Process, destroy, running_worker
+from jsqueue.wire.server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ async def test_interval_and_cron_entries_fire_on_time(beat_app: App) -> None:
 
 async def published_ticks(app: App, entry: str) -> list[int]:
     broker = await app.broker()
-    messages = await broker.messages(
+    messages = await broker.streams.messages(
         app.settings.jobs_stream, app.settings.queue_subject("default")
     )
     ids = [json.loads(m.data)["id"] for m in messages]

@@ -20,8 +20,8 @@ from jsqueue import (
     chord,
     group,
 )
-from jsqueue.server import NatsServer
 from jsqueue.testing import Process, burst, destroy, running_worker
+from jsqueue.wire.server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -279,8 +279,8 @@ async def test_chord_survives_repeated_sigkill_of_its_workers(
 
 async def test_a_claim_left_by_a_crash_is_completed_by_the_same_member_once(math_app: App) -> None:
     """The crash window: the last member claimed the callback, then died before publishing."""
-    from jsqueue import chords
     from jsqueue.envelope import Envelope
+    from jsqueue.services import chords
 
     calls = []
 
@@ -313,8 +313,8 @@ async def test_a_claim_left_by_a_crash_is_completed_by_the_same_member_once(math
 async def test_a_claimer_that_fails_on_redelivery_still_sends_the_callback(math_app: App) -> None:
     """The claimer died before publishing, and its redelivery then failed for good: every member
     had succeeded, so the callback is sent once instead of the chord hanging."""
-    from jsqueue import chords
-    from jsqueue.producer import build_envelope, send
+    from jsqueue.services import chords
+    from jsqueue.services.producer import build_envelope, send
 
     calls = []
 

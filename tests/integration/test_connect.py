@@ -4,11 +4,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import nats
 import pytest
 from nats.js import api as js_api
 
 from jsqueue import App, ConnectError, ProvisionError
-from jsqueue.server import NatsServer
+from jsqueue.wire.server import NatsServer
 
 from .support import free_port
 
@@ -72,21 +73,23 @@ async def test_provisioning_is_idempotent_and_updates_our_settings(jsq_app: App)
     async with jsq_app:
         broker = await jsq_app.broker()
         await broker.provision()
-        info = await broker.stream_info(jsq_app.settings.jobs_stream)
-        assert info.config.retention == js_api.RetentionPolicy.WORK_QUEUE
-        assert info.config.allow_msg_schedules
+        info = await broker.streams.state(jsq_app.settings.jobs_stream)
+        assert info.retention == js_api.RetentionPolicy.WORK_QUEUE.value
+        assert info.allow_msg_schedules
     jsq_app.configure(duplicate_window=30.0)
     async with jsq_app:
-        info = await (await jsq_app.broker()).stream_info(jsq_app.settings.jobs_stream)
-        assert info.config.duplicate_window == 30.0
+        info = await (await jsq_app.broker()).streams.state(jsq_app.settings.jobs_stream)
+        assert info.duplicate_window == 30.0
 
 
 async def test_foreign_stream_with_conflicting_settings_is_named(jsq_app: App) -> None:
     name = jsq_app.settings.jobs_stream
     other = App("o", url=jsq_app.settings.url, prefix=jsq_app.settings.prefix, provision=False)
-    async with other:
-        js = (await other.broker()).js
-        await js.add_stream(name=name, subjects=[f"{jsq_app.settings.prefix}.q.>"])
+    nc = await nats.connect(str(jsq_app.settings.url))  # a stream that another tool made
+    try:
+        await nc.jetstream().add_stream(name=name, subjects=[f"{jsq_app.settings.prefix}.q.>"])
+    finally:
+        await nc.close()
     with pytest.raises(
         ProvisionError, match=rf"stream {name} exists but was not created by jsqueue"
     ):
@@ -94,7 +97,7 @@ async def test_foreign_stream_with_conflicting_settings_is_named(jsq_app: App) -
     with pytest.raises(ProvisionError, match="retention is 'limits', jsqueue needs 'workqueue'"):
         await jsq_app.connect()
     async with other:
-        await (await other.broker()).js.delete_stream(name)
+        await (await other.broker()).streams.delete_stream(name)
 
 
 def test_importing_jsqueue_and_a_task_module_never_connects(tmp_path: Path) -> None:
@@ -120,7 +123,7 @@ def test_importing_jsqueue_and_a_task_module_never_connects(tmp_path: Path) -> N
 def test_bundled_binary_is_the_wheel_not_the_system_one() -> None:
     import sys
 
-    from jsqueue.server import bundled_binary, server_version
+    from jsqueue.wire.server import bundled_binary, server_version
 
     binary = bundled_binary()
     assert binary.is_relative_to(Path(sys.prefix).resolve())

@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from jsqueue import App, ConfigError, JobState, TaskFailed, current_job
-from jsqueue.server import NatsServer
-from jsqueue.status import queue_status
+from jsqueue.services.status import queue_status
 from jsqueue.testing import Process, burst, running_worker
+from jsqueue.wire.server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,7 +181,7 @@ async def test_fifty_thousand_scheduled_jobs_leave_worker_memory_flat(
                 before = psutil.Process(worker.pid).memory_info().rss
                 eta = datetime.now(UTC) + timedelta(hours=1)
                 broker = await app.broker()
-                from jsqueue.producer import build_envelope, send_many
+                from jsqueue.services.producer import build_envelope, send_many
 
                 for start in range(0, 50_000, 5_000):
                     envs = [

@@ -4,8 +4,8 @@ import json
 import time
 
 from jsqueue import App
-from jsqueue.server import NatsServer
 from jsqueue.testing import burst
+from jsqueue.wire.server import NatsServer
 
 from .support import jsqueue
 
@@ -62,7 +62,7 @@ async def test_list_show_replay_purge(
     assert "replayed bad-1 as bad-1.r" in replayed.stdout
     async with faulty:
         broker = await faulty.broker()
-        [msg] = await broker.messages(
+        [msg] = await broker.streams.messages(
             faulty.settings.jobs_stream, faulty.settings.queue_subject("default")
         )
         doc = json.loads(msg.data)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jsqueue.server import NatsServer
 from jsqueue.testing import Process
+from jsqueue.wire.server import NatsServer
 
 from .support import ROOT, free_port
 

@@ -12,7 +12,9 @@ from jsqueue.envelope import decode
 async def stored(app: App, queue: str = "default") -> list[dict[str, object]]:
     broker = await app.broker()
     subject = app.settings.queue_subject(queue)
-    return [json.loads(m.data) for m in await broker.messages(app.settings.jobs_stream, subject)]
+    return [
+        json.loads(m.data) for m in await broker.streams.messages(app.settings.jobs_stream, subject)
+    ]
 
 
 async def test_delay_stores_a_versioned_envelope(jsq_app: App) -> None:
@@ -138,7 +140,7 @@ async def test_bulk_starmap_enqueues_pipelined(jsq_app: App) -> None:
 
 
 async def test_signed_cloudpickle_arguments(nats_server: object, jsq_prefix: str) -> None:
-    from jsqueue.server import NatsServer
+    from jsqueue.wire.server import NatsServer
 
     assert isinstance(nats_server, NatsServer)
     app = App("p", url=nats_server.url, prefix=jsq_prefix, secret_key="s" * 32)
@@ -149,7 +151,7 @@ async def test_signed_cloudpickle_arguments(nats_server: object, jsq_prefix: str
     async with app:
         await f.delay({1, 2})
         broker = await app.broker()
-        [msg] = await broker.messages(
+        [msg] = await broker.streams.messages(
             app.settings.jobs_stream, app.settings.queue_subject("default")
         )
         assert "sig" in json.loads(msg.data)

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jsqueue import App, TaskFailed
-from jsqueue import dlq as dead_letters
-from jsqueue.server import NatsServer
+from jsqueue.services import dlq as dead_letters
 from jsqueue.testing import burst, destroy, running_worker, unique_prefix, wait_until
+from jsqueue.wire.server import NatsServer
 
 from .support import jsqueue
 
@@ -56,7 +56,7 @@ async def served_on(app: App) -> None:
     await burst(app)
     assert await good.get(timeout=5) == 42
     broker = await app.broker()
-    assert await broker.stream_subject_counts(app.settings.jobs_stream, ">") == {}
+    assert await broker.streams.subject_counts(app.settings.jobs_stream, ">") == {}
 
 
 def job(job_id: str = "ok", task: str = "add", **fields: object) -> dict[str, object]:
@@ -325,8 +325,9 @@ async def test_redelivered_finished_job_sends_what_follows_without_running_again
 ) -> None:
     """The delivery that recorded SUCCESS loses the server before it sends the chain's next
     step: the redelivery sends the step, and the task does not run again."""
-    from jsqueue import chain, continuation
+    from jsqueue import chain
     from jsqueue.errors import TransientError
+    from jsqueue.services import continuation
 
     runs: list[int] = []
 

@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jsqueue import App
-from jsqueue import dlq as dead_letters
 from jsqueue.envelope import decode
 from jsqueue.errors import DecodeError, PayloadTooLarge
-from jsqueue.server import NatsServer
+from jsqueue.services import dlq as dead_letters
 from jsqueue.testing import Process, unique_prefix
+from jsqueue.wire.server import NatsServer
 
 from .support import ROOT
 
@@ -203,11 +203,11 @@ async def _settles(url: str, batch: list[tuple[bytes, dict[str, str] | None]]) -
         assert await good.get(timeout=SETTLE_WITHIN) == 42
         deadline = time.monotonic() + SETTLE_WITHIN
         while True:
-            info = await broker.consumer_info("default")
+            info = await broker.streams.consumer("default")
             assert info is not None
-            if not info.num_pending and not info.num_ack_pending:
+            if not info.pending and not info.ack_pending:
                 break
-            assert time.monotonic() < deadline, f"not settled: {info.num_ack_pending} unacked"
+            assert time.monotonic() < deadline, f"not settled: {info.ack_pending} unacked"
             await asyncio.sleep(0.05)
         found = await dead_letters.list_letters(broker)
         letters = {x.jobs_seq for x in found}

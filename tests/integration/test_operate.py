@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from jsqueue import App, JobState
-from jsqueue.producer import build_envelope, send
-from jsqueue.registry import REGISTRY_TTL
-from jsqueue.server import NatsServer
-from jsqueue.status import workers
+from jsqueue.services.producer import build_envelope, send
+from jsqueue.services.registry import REGISTRY_TTL
+from jsqueue.services.status import workers
 from jsqueue.testing import Process, burst, destroy, running_worker, wait_state, wait_until
+from jsqueue.wire.server import NatsServer
 
 from .support import ROOT, free_port, jsqueue, worker_process
 

@@ -17,10 +17,10 @@ import psutil
 import pytest
 
 from jsqueue import App, TaskFailed
-from jsqueue import dlq as dead_letters
-from jsqueue.server import NatsServer
-from jsqueue.status import workers
+from jsqueue.services import dlq as dead_letters
+from jsqueue.services.status import workers
 from jsqueue.testing import Process, destroy, wait_until
+from jsqueue.wire.server import NatsServer
 
 from .support import ROOT, jsqueue
 

@@ -16,9 +16,9 @@ from jsqueue import (
     TaskFailed,
     current_job,
 )
-from jsqueue.producer import build_envelope, send
-from jsqueue.server import NatsServer
+from jsqueue.services.producer import build_envelope, send
 from jsqueue.testing import burst, destroy, running_worker, wait_state
+from jsqueue.wire.server import NatsServer
 
 
 async def test_get_returns_the_value_and_info_describes_the_job(jsq_app: App) -> None:
@@ -171,8 +171,8 @@ async def test_result_ttl_is_the_bucket_ttl(nats_server: NatsServer, jsq_prefix:
     try:
         async with app:
             backend = await app.result_backend()
-            info = await (await app.broker()).stream_info(backend.store.stream)
-            assert info.config.max_age == 3600
+            info = await (await app.broker()).streams.state(backend.store.stream)
+            assert info.max_age == 3600
     finally:
         await destroy(app)
 
@@ -201,8 +201,8 @@ async def test_defaults_one_day_results_and_app_wide_settings(
     try:
         async with app:
             backend = await app.result_backend()
-            info = await (await app.broker()).stream_info(backend.store.stream)
-            assert info.config.max_age == 24 * 3600  # result_ttl's default: one day
+            info = await (await app.broker()).streams.state(backend.store.stream)
+            assert info.max_age == 24 * 3600  # result_ttl's default: one day
             job = await flaky.delay()
             await burst(app)
             assert await job.get(timeout=5) == "third time"
@@ -245,7 +245,7 @@ async def test_first_recorded_outcome_wins_over_a_late_duplicate_execution(jsq_a
     async with jsq_app:
         job = await count.apply_async(job_id="dup-1")
         broker = await jsq_app.broker()
-        [stored] = await broker.messages(
+        [stored] = await broker.streams.messages(
             jsq_app.settings.jobs_stream, jsq_app.settings.queue_subject("default")
         )
         # the same job stored again under another Msg-Id: as if a producer bypassed dedupe

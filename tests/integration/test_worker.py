@@ -13,8 +13,8 @@ from tenacity import retry_if_exception_type, stop_after_attempt, wait_fixed
 
 import jsqueue
 from jsqueue import App, JobState, Reject, Retry, RetryPolicy, TaskFailed, current_job
-from jsqueue import dlq as dead_letters
 from jsqueue.errors import ConfigError
+from jsqueue.services import dlq as dead_letters
 from jsqueue.testing import burst, running_worker, wait_state
 from jsqueue.worker import Worker
 
@@ -255,8 +255,8 @@ async def test_poison_payloads_are_dead_lettered_while_the_worker_serves(
 async def test_unknown_task_waits_for_a_rolling_deploy_then_dead_letters(
     nats_server: object, jsq_prefix: str
 ) -> None:
-    from jsqueue.server import NatsServer
     from jsqueue.testing import destroy
+    from jsqueue.wire.server import NatsServer
 
     assert isinstance(nats_server, NatsServer)
     app = App(
@@ -437,9 +437,9 @@ async def test_never_more_jobs_than_free_slots(jsq_app: App) -> None:
         broker = await jsq_app.broker()
         async with running_worker(jsq_app, concurrency=3):
             while not all_done.is_set():  # sample the server's view while jobs run
-                info = await broker.consumer_info("default")
+                info = await broker.streams.consumer("default")
                 assert info is not None
-                peak_unacked = max(peak_unacked, info.num_ack_pending or 0)
+                peak_unacked = max(peak_unacked, info.ack_pending or 0)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(all_done.wait(), 0.02)
     assert peak == 3
@@ -447,8 +447,8 @@ async def test_never_more_jobs_than_free_slots(jsq_app: App) -> None:
 
 
 async def test_long_job_heartbeats_and_runs_once(nats_server: object, jsq_prefix: str) -> None:
-    from jsqueue.server import NatsServer
     from jsqueue.testing import destroy
+    from jsqueue.wire.server import NatsServer
 
     assert isinstance(nats_server, NatsServer)
     app = App("long", url=nats_server.url, prefix=jsq_prefix, ack_wait=0.6)
@@ -465,10 +465,9 @@ async def test_long_job_heartbeats_and_runs_once(nats_server: object, jsq_prefix
             job = await long_job.delay()
             await burst(app, concurrency=2)
             assert await job.get(timeout=5) == "done"
-            info = await (await app.broker()).consumer_info("default")
+            info = await (await app.broker()).streams.consumer("default")
             assert info is not None
-            assert info.delivered is not None
-            assert info.delivered.consumer_seq == 1
+            assert info.delivered_consumer_seq == 1
         assert runs == [1]
     finally:
         await destroy(app)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from jsqueue import App
-from jsqueue import dlq as dead_letters
-from jsqueue.server import NatsServer
+from jsqueue.services import dlq as dead_letters
 from jsqueue.testing import destroy, wait_until
+from jsqueue.wire.server import NatsServer
 
 from .support import ROOT, worker_process
 
@@ -85,12 +85,13 @@ async def test_grace_expiry_gives_the_job_back_at_once(
 async def test_a_job_that_kills_its_worker_is_blamed_alone(
     faulty: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
 ) -> None:
-    """The jobs in flight beside it come back with it; each of them runs alone, so the second
-    crash is the culprit's alone and only it is dead-lettered."""
+    """The jobs in flight beside it come back with it; each of them runs alone, so the crashes
+    after the first are the culprit's alone, and only it is dead-lettered. (The jobs held while
+    it runs alone are delivered again at each crash: max_deliver leaves room for that.)"""
     crash = faulty.tasks["tests.apps.faulty.crash"]
     slow = faulty.tasks["tests.apps.faulty.slow"]
     quick = faulty.tasks["tests.apps.faulty.quick"]
-    env = {"JSQ_TEST_ACK_WAIT": "0.5"}
+    env = {"JSQ_TEST_ACK_WAIT": "0.5", "JSQ_TEST_MAX_DELIVER": "6"}
     async with faulty:
         beside = [await slow.delay(0.5, str(tmp_path)) for _ in range(4)]
         job = await crash.delay()
@@ -107,13 +108,13 @@ async def test_a_job_that_kills_its_worker_is_blamed_alone(
         with worker_process(nats_server.url, jsq_prefix, tmp_path, "--burst", **env) as w:
             assert await asyncio.to_thread(w.wait, 30) == 0
             log = w.output()
-        counts = await broker.stream_subject_counts(faulty.settings.jobs_stream, "*.q.>")
+        counts = await broker.streams.subject_counts(faulty.settings.jobs_stream, "*.q.>")
         results = [await b.get(timeout=10) for b in beside]
-    assert exits.count(3) == 2  # beside the others, then alone: proven
+    assert exits.count(3) == 4  # once beside the others, then three times alone: blamed
     assert [(x.job_id, x.reason, x.error_type) for x in letters] == [
         (job.id, "crash_loop", "WorkerLost")
     ]
-    assert "the worker died while the job ran alone there" in letters[0].error_message
+    assert "a worker died each of the 3 times the job ran alone there" in letters[0].error_message
     assert results == [b.id for b in beside]  # the innocent finished, none dead-lettered
     assert counts == {}  # gone from the jobs stream
     assert "runs alone" in log or exits.count(0) >= 1

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from jsqueue.errors import PublishError
-from jsqueue.ledger import Ledger
+from jsqueue.testing.ledger import Ledger
 
 
 async def stored() -> str:

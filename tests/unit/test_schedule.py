@@ -113,7 +113,7 @@ def test_add_periodic_validates_its_arguments() -> None:
 
 
 def test_schedule_times_round_up_to_the_millisecond() -> None:
-    from jsqueue.producer import rfc3339
+    from jsqueue.services.producer import rfc3339
 
     assert rfc3339(1_800_000_000.0) == "2027-01-15T08:00:00.000Z"
     assert rfc3339(1_800_000_000.0001) == "2027-01-15T08:00:00.001Z"  # never before the eta

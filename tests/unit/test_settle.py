@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from jsqueue import App, continuation
-from jsqueue import dlq as dead_letters
+from jsqueue import App
 from jsqueue.envelope import Envelope, encode
 from jsqueue.errors import InvalidError, TransientError
 from jsqueue.outcome import Reason, already_final, dead, decide, retry, skipped
 from jsqueue.outcome import Record as R
-from jsqueue.settle import Job, Settler, WorkerStats
+from jsqueue.services import continuation
+from jsqueue.services import dlq as dead_letters
+from jsqueue.worker.settle import Job, Settler, WorkerStats
 
 
 class Log(list[str]):
@@ -217,7 +218,7 @@ async def test_a_refused_state_record_is_written_again_without_its_traceback(
 
 
 def _stored(settler: Settler) -> Any:
-    from jsqueue.streams import StoredMessage
+    from jsqueue.wire.streams import StoredMessage
 
     body, headers = settler.broker.letters[-1]  # type: ignore[attr-defined]
     return StoredMessage(1, "jsq.dlq.default", body, headers)

@@ -19,57 +19,87 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from jsqueue.broker import Broker
+from jsqueue.wire.connection import Connection
+from jsqueue.wire.errors import translated
+from jsqueue.wire.provision import Provisioner
 
-log = logging.getLogger("jsqueue.puller")
+log = logging.getLogger("jsqueue.wire.pull")
 
+_ACK, _NAK, _WPI, _TERM = b"+ACK", b"-NAK", b"+WPI", b"+TERM"
 _STATUS = "Status"
 _DESCRIPTION = "Description"
 _PENDING_MSGS = "Nats-Pending-Messages"
 
 
 class Delivery:
-    """One delivery of a job message; it owns ack, nak, in_progress and term."""
+    """One delivery of a job message; it owns ack, nak, in_progress and term.
 
-    __slots__ = ("_msg", "attempt", "queue", "received", "stream_seq")
+    It holds the message's parts as plain values (no nats-py message), and settles by
+    publishing the JetStream acknowledgement to the message's reply subject, as every client
+    does; a leaner message path can build it straight from what the subscription received.
+    """
 
-    def __init__(self, msg: Msg, queue: str) -> None:
-        self._msg = msg
+    __slots__ = (
+        "_connection",
+        "attempt",
+        "data",
+        "headers",
+        "queue",
+        "received",
+        "reply",
+        "settled",
+        "stream_seq",
+        "subject",
+    )
+
+    def __init__(
+        self,
+        connection: Connection,
+        queue: str,
+        subject: str,
+        reply: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+    ) -> None:
+        self._connection = connection
         self.queue = queue
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.headers: dict[str, str] = headers or {}
         self.received = time.monotonic()
+        self.settled = False
         #: which delivery this is (1 = first), counted by the server across worker crashes
-        self.attempt, self.stream_seq = _delivery_numbers(msg.reply)
+        self.attempt, self.stream_seq = _delivery_numbers(reply)
 
-    @property
-    def data(self) -> bytes:
-        return self._msg.data
-
-    @property
-    def subject(self) -> str:
-        return self._msg.subject
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self._msg.headers or {}
-
-    @property
-    def settled(self) -> bool:
-        return self._msg.is_acked
-
+    @translated
     async def ack(self) -> None:
-        await self._msg.ack()
+        await self._settle(_ACK)
 
+    @translated
     async def nak(self, delay: float = 0.0) -> None:
         """Give the job back; the server redelivers it after ``delay`` seconds."""
-        await self._msg.nak(delay=delay if delay > 0 else None)
+        if delay > 0:
+            await self._settle(_NAK + b' {"delay": %d}' % int(delay * 1e9))
+        else:
+            await self._settle(_NAK)
 
+    @translated
     async def in_progress(self) -> None:
         """Reset the server's ack timer: the job is still running."""
-        await self._msg.in_progress()
+        if not self.settled:
+            await self._connection.publish(self.reply, _WPI)
 
+    @translated
     async def term(self) -> None:
         """Tell the server never to deliver this job again (it leaves the work queue)."""
-        await self._msg.term()
+        await self._settle(_TERM)
+
+    async def _settle(self, body: bytes) -> None:
+        if self.settled:
+            return
+        await self._connection.publish(self.reply, body)
+        self.settled = True
 
 
 def _delivery_numbers(reply: str) -> tuple[int, int]:
@@ -92,7 +122,8 @@ class Puller:
 
     def __init__(
         self,
-        broker: Broker,
+        connection: Connection,
+        provisioner: Provisioner,
         queue: str,
         consumer: str,
         capacity: int,
@@ -102,16 +133,18 @@ class Puller:
         expires: float = 30.0,
         idle_heartbeat: float = 5.0,
     ) -> None:
-        self.broker = broker
+        self.connection = connection
+        self.provisioner = provisioner
         self.queue = queue
         self.capacity = capacity
         self._on_delivery = on_delivery
         self._on_late = on_late
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{broker.settings.jobs_stream}.{consumer}"
+        stream = provisioner.settings.jobs_stream
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._expires = expires
         self._heartbeat = idle_heartbeat
         self._inbox = ""
-        self._sub: Any = None
+        self._sub: Any = None  # nats-py's Subscription, untyped
         self.held = 0  # slots in use: delivered to the worker and not yet released
         self.outstanding = 0  # requested from the server and not yet delivered
         self._refill_at = max(1, capacity // 2)
@@ -124,13 +157,11 @@ class Puller:
     def free(self) -> int:
         return self.capacity - self.held - self.outstanding
 
+    @translated
     async def start(self) -> None:
-        nc = self.broker.nc
-        self._inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(
-            self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
-        self.broker.on_reconnect(self.reset)
+        self._inbox = self.connection.new_inbox()
+        self._sub = await self.connection.subscribe(self._inbox, self._on_msg)
+        self.connection.on_reconnect(self.reset)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         await self._pull()
 
@@ -142,7 +173,9 @@ class Puller:
             return
         self.outstanding = max(0, self.outstanding - 1)
         self.held += 1
-        delivery = Delivery(msg, self.queue)
+        delivery = Delivery(
+            self.connection, self.queue, msg.subject, msg.reply, msg.data, msg.headers
+        )
         if self._stopping:
             self._on_late(delivery)
             return
@@ -161,8 +194,11 @@ class Puller:
             if "Consumer Deleted" in description:
                 log.warning("consumer of queue %s was deleted; recreating it", self.queue)
                 self.outstanding = 0
-                self.broker.forget_consumer(self.queue)
-                await self.broker.ensure_consumer(self.queue)
+                self.provisioner.forget_consumer(self.queue)
+                try:
+                    await self.provisioner.consumer(self.queue)
+                except Exception as exc:  # an outage: the watchdog pulls again
+                    log.warning("recreating the consumer of %s failed: %s", self.queue, exc)
             await self._pull()
         elif status == "404":
             self.outstanding = 0
@@ -176,7 +212,7 @@ class Puller:
 
     async def _pull(self) -> None:
         want = self.free
-        if want <= 0 or self._stopping or not self.broker.is_connected:
+        if want <= 0 or self._stopping or not self.connection.is_connected:
             return
         request = {
             "batch": want,
@@ -185,7 +221,7 @@ class Puller:
         }
         self.outstanding += want
         try:
-            await self.broker.nc.publish(
+            await self.connection.publish(
                 self._next_subject, json.dumps(request).encode(), reply=self._inbox
             )
         except Exception as exc:  # disconnected: the reconnect handler pulls again

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jsqueue import chords
-from jsqueue.canvas import Signature
 from jsqueue.envelope import Envelope
-from jsqueue.producer import send
-from jsqueue.results import JobState, state_record
-
-if TYPE_CHECKING:
-    from jsqueue.app import App
+from jsqueue.services import chords
+from jsqueue.services.deps import Deps
+from jsqueue.services.producer import send, signature_envelope
+from jsqueue.services.results import JobState, state_record
 
 
 def has_followers(env: Envelope) -> bool:
     return bool(env.link) or env.chord is not None
 
 
-async def after_success(app: App, env: Envelope, value: Any) -> None:
+async def after_success(app: Deps, env: Envelope, value: Any) -> None:
     """Send the chain's next step with ``value`` in front; record a chord member."""
     if env.link:
-        following = Signature.from_dict(env.link[0], app)
-        nxt = following.envelope(
+        step = env.link[0]
+        nxt = signature_envelope(
+            app.settings,
+            app.route(str(step["task"])),
+            step,
             (value,),
             link=tuple(env.link[1:]),
             parent_id=env.id,
@@ -34,7 +34,7 @@ async def after_success(app: App, env: Envelope, value: Any) -> None:
         await chords.member_succeeded(app, env, value)
 
 
-async def after_failure(app: App, env: Envelope, error: dict[str, str]) -> None:
+async def after_failure(app: Deps, env: Envelope, error: dict[str, str]) -> None:
     """Stop the chain (its remaining steps fail with this error); fail the chord."""
     if env.link:
         await _fail_steps(app, env, error)
@@ -42,7 +42,7 @@ async def after_failure(app: App, env: Envelope, error: dict[str, str]) -> None:
         await chords.member_failed(app, env, error)
 
 
-async def abandon(app: App, env: Envelope, error: dict[str, str]) -> None:
+async def abandon(app: Deps, env: Envelope, error: dict[str, str]) -> None:
     """What follows ``env`` can never go on (a follow-up failed for good): record FAILURE for
     the chain's later steps and for the chord, so that nobody waits for them in vain."""
     await _fail_steps(app, env, error)
@@ -53,7 +53,7 @@ async def abandon(app: App, env: Envelope, error: dict[str, str]) -> None:
         await (await app.result_backend()).write_final(str(env.chord["id"]), record)
 
 
-async def _fail_steps(app: App, env: Envelope, error: dict[str, str]) -> None:
+async def _fail_steps(app: Deps, env: Envelope, error: dict[str, str]) -> None:
     backend = await app.result_backend()
     record = state_record(JobState.FAILURE, error=error, failed_job=env.id, finished=time.time())
     for step in env.link:

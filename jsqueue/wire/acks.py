@@ -1,11 +1,11 @@
-"""Publishing to JetStream with many acks in flight, for less than nats-py's ``publish_async``.
+"""JetStream publishes with many acks in flight, for less than nats-py's ``publish_async``.
 
 Every publish carries a reply subject under one inbox wildcard subscription; the server's ack
 resolves a future. Per message that is one dict entry, one future and one ``nc.publish``: no
 timer, no semaphore task, no callback, no dataclass per ack. Time-outs are generational: every
 half ``timeout`` the futures of the generation before last that are still unanswered fail with
 :class:`TimeoutError`, so a future waits between ``timeout`` and 1.5 x ``timeout``. Part of the
-broker layer; public nats-py API only.
+wire package; public nats-py API only.
 """
 
 from __future__ import annotations

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from jsqueue.app import App
-from jsqueue.broker import Broker
-from jsqueue.cluster import NatsCluster
-from jsqueue.ledger import Ledger, LedgerReport
-from jsqueue.results import AsyncResult, JobState
-from jsqueue.runner import WorkerStats
-from jsqueue.server import NatsServer
-from jsqueue.worker import Worker
+from jsqueue.services.handles import AsyncResult
+from jsqueue.services.results import JobState
+from jsqueue.testing.ledger import Ledger, LedgerReport
+from jsqueue.wire import Broker
+from jsqueue.wire.cluster import NatsCluster
+from jsqueue.wire.server import NatsServer
+from jsqueue.worker import Worker, WorkerStats
 
 F = TypeVar("F", bound=Callable[..., Any])
 

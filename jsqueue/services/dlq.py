@@ -18,12 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from jsqueue.broker import Broker
 from jsqueue.config import is_job_id
 from jsqueue.envelope import Envelope, decode
 from jsqueue.errors import DecodeError, JsqueueError
-from jsqueue.producer import MSG_ID, replayed, send
-from jsqueue.streams import StoredMessage
+from jsqueue.services.producer import MSG_ID, replayed, send
+from jsqueue.wire import Broker, StoredMessage
 
 HEADER = "Jsq-Dead-Letter"
 #: ``body`` when the record travels in the body, before the payload (the payload was too large to
@@ -225,7 +224,7 @@ async def list_letters(
     """Every dead letter, oldest first, optionally of one queue or task."""
     s = broker.settings
     subject = s.dlq_subject(queue) if queue else s.dlq_subjects
-    letters = [parse(m) for m in await broker.messages(s.dlq_stream, subject)]
+    letters = [parse(m) for m in await broker.streams.messages(s.dlq_stream, subject)]
     return [letter for letter in letters if task is None or letter.task == task]
 
 
@@ -253,7 +252,7 @@ async def replay(broker: Broker, letter: DeadLetter) -> str:
         ) from None
     new = replayed(env, _replay_id(env.id, letter.seq))
     await send(broker, new)
-    await broker.delete_message(broker.settings.dlq_stream, letter.seq)
+    await broker.streams.delete(broker.settings.dlq_stream, letter.seq)
     return new.id
 
 
@@ -269,13 +268,13 @@ async def purge(broker: Broker, queue: str | None = None) -> int:
     """Remove dead letters (of one queue, or all); return how many."""
     s = broker.settings
     subject = s.dlq_subject(queue) if queue else s.dlq_subjects
-    return await broker.purge_subject(s.dlq_stream, subject)
+    return await broker.streams.purge_subject(s.dlq_stream, subject)
 
 
 async def count(broker: Broker) -> dict[str, int]:
     """Dead letters per queue."""
     s = broker.settings
-    counts = await broker.stream_subject_counts(s.dlq_stream, s.dlq_subjects)
+    counts = await broker.streams.subject_counts(s.dlq_stream, s.dlq_subjects)
     return {subject.rsplit(".", 1)[-1]: n for subject, n in counts.items()}
 
 

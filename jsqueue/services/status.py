@@ -10,17 +10,16 @@ import json
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jsqueue import dlq
 from jsqueue.config import JOB_ID_RULE, is_job_id, shorten
 from jsqueue.envelope import decode, peek
 from jsqueue.errors import DecodeError, JsqueueError
-from jsqueue.registry import REGISTRY_TTL, WorkerRegistry
-
-if TYPE_CHECKING:
-    from jsqueue.app import App
-    from jsqueue.broker import Broker
+from jsqueue.services import dlq
+from jsqueue.services.deps import Deps
+from jsqueue.services.handles import AsyncResult
+from jsqueue.services.registry import REGISTRY_TTL, WorkerRegistry
+from jsqueue.wire import Broker
 
 #: How many ready jobs ``inspect job`` reads through to find one by id.
 READY_SCAN_LIMIT = 10_000
@@ -60,13 +59,13 @@ class ServerStatus:
         return asdict(self)
 
 
-async def workers(app: App) -> list[dict[str, Any]]:
+async def workers(app: Deps) -> list[dict[str, Any]]:
     """The registry record of every live worker."""
     broker = await app.broker()
     return await WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL)).workers()
 
 
-async def queue_status(app: App, live: list[dict[str, Any]] | None = None) -> list[QueueStatus]:
+async def queue_status(app: Deps, live: list[dict[str, Any]] | None = None) -> list[QueueStatus]:
     """Every queue that has jobs, delayed jobs, dead letters, a consumer or a worker."""
     broker = await app.broker()
     s = app.settings
@@ -76,21 +75,21 @@ async def queue_status(app: App, live: list[dict[str, Any]] | None = None) -> li
         return queues.setdefault(name, QueueStatus(name))
 
     for subject, count in (
-        await broker.stream_subject_counts(s.jobs_stream, f"{s.prefix}.>")
+        await broker.streams.subject_counts(s.jobs_stream, f"{s.prefix}.>")
     ).items():
         parts = subject.split(".")
         if parts[1] == "q":
             of(parts[2]).ready += count
         elif parts[1] == "sched":
             of(parts[2]).scheduled += count
-    for info in await broker.consumers():
-        name = info.config.filter_subject or ""
+    for info in await broker.streams.consumers():
+        name = info.filter_subject
         if name.startswith(f"{s.prefix}.q."):
             queue = of(name.split(".", 2)[2])
-            queue.unacked = int(info.num_ack_pending or 0)
-            queue.ready = int(info.num_pending or 0)  # stored minus delivered
+            queue.unacked = info.ack_pending
+            queue.ready = info.pending  # stored minus delivered
     for subject, count in (
-        await broker.stream_subject_counts(s.dlq_stream, s.dlq_subjects)
+        await broker.streams.subject_counts(s.dlq_stream, s.dlq_subjects)
     ).items():
         of(subject.rsplit(".", 1)[1]).dead += count
     for record in live if live is not None else await workers(app):
@@ -102,16 +101,16 @@ async def queue_status(app: App, live: list[dict[str, Any]] | None = None) -> li
     for queue in queues.values():
         queue.retrying = max(0, queue.unacked - queue.running)
         if queue.ready:
-            oldest = await broker.oldest_ready(queue.queue)
+            oldest = await broker.streams.oldest_ready(queue.queue)
             queue.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)
     return sorted(queues.values(), key=lambda q: q.queue)
 
 
-async def server_status(app: App, monitor_url: str | None = None) -> ServerStatus:
+async def server_status(app: Deps, monitor_url: str | None = None) -> ServerStatus:
     """Version and replicas from the connection; cluster size and fsync from monitoring."""
     broker = await app.broker()
-    info = await broker.stream_info(app.settings.jobs_stream)
-    status = ServerStatus(broker.url, broker.server_version, int(info.config.num_replicas or 1))
+    info = await broker.streams.state(app.settings.jobs_stream)
+    status = ServerStatus(broker.url, broker.server_version, info.replicas)
     if monitor_url:
         varz = await _monitor(monitor_url, "varz")
         jsz = await _monitor(monitor_url, "jsz")
@@ -145,11 +144,11 @@ async def _monitor(base: str, endpoint: str) -> dict[str, Any]:
         raise JsqueueError(f"cannot read the NATS monitoring endpoint {url}: {exc}") from None
 
 
-async def queues_known(app: App) -> list[str]:
+async def queues_known(app: Deps) -> list[str]:
     return [q.queue for q in await queue_status(app)]
 
 
-async def purge_queue(app: App, queue: str, scheduled: bool = False) -> int:
+async def purge_queue(app: Deps, queue: str, scheduled: bool = False) -> int:
     """Remove the jobs waiting in ``queue`` (and its delayed jobs with ``scheduled``)."""
     known = await queues_known(app)
     if queue not in known:
@@ -157,13 +156,13 @@ async def purge_queue(app: App, queue: str, scheduled: bool = False) -> int:
         raise JsqueueError(f"no queue named {queue!r} (queues: {listed})")
     broker = await app.broker()
     s = app.settings
-    removed = await broker.purge_subject(s.jobs_stream, s.queue_subject(queue))
+    removed = await broker.streams.purge_subject(s.jobs_stream, s.queue_subject(queue))
     if scheduled:
-        removed += await broker.purge_subject(s.jobs_stream, s.schedule_subject(queue, ">"))
+        removed += await broker.streams.purge_subject(s.jobs_stream, s.schedule_subject(queue, ">"))
     return removed
 
 
-async def locate_job(app: App, job_id: str) -> dict[str, Any]:
+async def locate_job(app: Deps, job_id: str) -> dict[str, Any]:
     """Where a job is and what is known of it; :class:`JsqueueError` if it is nowhere."""
     broker = await app.broker()
     found: dict[str, Any] = {"id": job_id}
@@ -210,10 +209,10 @@ async def locate_job(app: App, job_id: str) -> dict[str, Any]:
     return found
 
 
-async def _delayed(broker: Broker, app: App, job_id: str) -> float | None:
+async def _delayed(broker: Broker, app: Deps, job_id: str) -> float | None:
     s = app.settings
     subject = s.schedule_subject("*", job_id)
-    message = await broker.get_message(s.jobs_stream, 1, subject=subject, next_=True)
+    message = await broker.streams.get(s.jobs_stream, 1, subject=subject, next_=True)
     if message is None:
         return None
     try:
@@ -222,11 +221,11 @@ async def _delayed(broker: Broker, app: App, job_id: str) -> float | None:
         return None
 
 
-async def _ready(broker: Broker, app: App, job_id: str) -> bool:
+async def _ready(broker: Broker, app: Deps, job_id: str) -> bool:
     s = app.settings
     seq = 1
     for _ in range(READY_SCAN_LIMIT):
-        message = await broker.get_message(s.jobs_stream, seq, subject=s.queue_subjects, next_=True)
+        message = await broker.streams.get(s.jobs_stream, seq, subject=s.queue_subjects, next_=True)
         if message is None:
             return False
         if peek(message.data)[0] == job_id:
@@ -235,7 +234,7 @@ async def _ready(broker: Broker, app: App, job_id: str) -> bool:
     return False
 
 
-async def revoke_job(app: App, job_id: str, *, terminate: bool = False) -> str:
+async def revoke_job(app: Deps, job_id: str, *, terminate: bool = False) -> str:
     """Revoke a job and say in one line what that did; :class:`JsqueueError` if no such job is
     known or it already finished."""
     found = await locate_job(app, job_id)  # raises for an unknown or illegal id
@@ -245,7 +244,7 @@ async def revoke_job(app: App, job_id: str, *, terminate: bool = False) -> str:
         state == "REVOKED" and not (running and terminate)
     ):
         raise JsqueueError(f"job {job_id} already finished ({state}); nothing changed")
-    await app.result(job_id).revoke(terminate=terminate)
+    await AsyncResult(app, job_id).revoke(terminate=terminate)
     if not running:
         return f"job {job_id} revoked: it was {found.get('where', 'queued')}, and will never run"
     worker, where = found["running_on"], found["running_in"]

@@ -12,7 +12,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from jsqueue.kvstore import KvStore
+from jsqueue.wire import KvStore
 
 REGISTRY_EVERY = 2.0
 REGISTRY_TTL = 10.0

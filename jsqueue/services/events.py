@@ -11,9 +11,9 @@ import json
 import time
 from datetime import datetime
 
-from jsqueue.broker import Broker
 from jsqueue.envelope import Envelope
 from jsqueue.hooks import Hooks, JobEvent
+from jsqueue.wire import Broker
 
 
 class EventPublisher(Hooks):

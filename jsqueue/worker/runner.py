@@ -1,8 +1,8 @@
 """Running one job: decode it, check it, run its task, and plan its settlement.
 
 The worker hands each delivery to :meth:`JobRunner.process`. Whatever a message holds or a task
-does, the delivery ends in exactly one plan (:mod:`jsqueue.outcome`), carried out by
-:class:`jsqueue.settle.Settler`: a malformed message is dead-lettered without running, a job whose
+does, the delivery ends in exactly one plan (:mod:`jsqueue.outcome`), carried out by the settler
+(:mod:`jsqueue.worker.settle`): a malformed message is dead-lettered without running, a job whose
 outcome is already recorded is acked without running again, a task's failure follows its retry
 policy. Only a transient failure of the server leaves a job unacked, to come back. Nothing here
 pulls, counts slots or handles signals.
@@ -19,9 +19,7 @@ from types import FrameType
 
 from jsqueue import outcome
 from jsqueue.app import App
-from jsqueue.broker import Broker
 from jsqueue.config import is_job_id, shorten
-from jsqueue.continuation import has_followers
 from jsqueue.envelope import decode, peek, sent_id
 from jsqueue.errors import (
     ArgumentsError,
@@ -35,19 +33,30 @@ from jsqueue.errors import (
     Terminated,
     WorkerLost,
 )
-from jsqueue.execute import TaskExecutor
 from jsqueue.hooks import Hooks, JobEvent, emit
 from jsqueue.outcome import Action, Plan, Reason, Record
-from jsqueue.producer import MSG_ID
-from jsqueue.puller import Delivery
-from jsqueue.results import JobState, Outcome, ResultBackend, state_record, success_record
-from jsqueue.revoke import RevokedSet
-from jsqueue.settle import Job, Settler, WorkerStats, is_transient, times
+from jsqueue.services.continuation import has_followers
+from jsqueue.services.producer import MSG_ID
+from jsqueue.services.results import (
+    JobState,
+    Outcome,
+    ResultBackend,
+    RevokedSet,
+    state_record,
+    success_record,
+)
+from jsqueue.wire import Broker, Delivery
+from jsqueue.worker.execute import TaskExecutor
+from jsqueue.worker.settle import Job, Settler, WorkerStats, is_transient, times
 
 log = logging.getLogger("jsqueue.worker")
 
 __all__ = ["JobRunner", "WorkerStats"]
 
+#: Times a job's worker must die while the job runs alone before the job is blamed: a worker
+#: SIGKILLed from outside (a deploy, the OOM killer) once while a suspect ran alone must not be
+#: taken for the suspect's doing.
+CRASHES_ALONE = 3
 #: Bytes a result record may take below the server's max_payload (subject, headers, framing).
 _RECORD_SLACK = 1024
 
@@ -163,22 +172,25 @@ class JobRunner:
             job.error = exc
             return outcome.dead(Reason.WRONG_ARGUMENTS, followers=followers)
         if attempt > 1 and self.executor.in_worker(task) and _suspect(recorded):
-            if _ran_alone(recorded, attempt - 1):
+            crashes = _crashes_alone(recorded, attempt - 1)
+            if crashes >= CRASHES_ALONE:
                 return self._killed_its_worker(job, recorded)
             job.alone = True
+            job.crashes_alone = crashes
         return await self._run(job)
 
     def _killed_its_worker(self, job: Job, recorded: Outcome | None) -> Plan:
-        """The delivery before ran alone and never settled: the job killed its worker. That is
-        its failed attempt; its policy decides what follows, and no other job is blamed."""
+        """The job's worker died each of the last ``CRASHES_ALONE`` times it ran alone there: it
+        kills its worker. That is its failed attempt; its policy decides what follows, and no
+        other job is blamed."""
         env, task = job.env, job.task
         assert env is not None
         assert task is not None
         worker = recorded.record.get("worker", "?") if recorded else "?"
         attempt = job.delivery.attempt - 1
         job.error = WorkerLost(
-            f"{env.task}[{env.id}] killed its worker {worker}: the worker died while the job "
-            f"ran alone there (delivery {attempt})"
+            f"{env.task}[{env.id}] killed its worker ({worker} last): a worker died each of the "
+            f"{CRASHES_ALONE} times the job ran alone there (up to delivery {attempt})"
         )
         job.crashed = True
         followers = has_followers(env)
@@ -293,7 +305,7 @@ class JobRunner:
 
     @staticmethod
     def culprit(frame: FrameType) -> str | None:
-        """The job whose code runs in ``frame`` (for :class:`jsqueue.loopwatch.LoopWatch`)."""
+        """The job whose code runs in ``frame`` (for the loop watch)."""
         execute = TaskExecutor._on_loop.__code__
         current: FrameType | None = frame
         while current is not None:
@@ -305,7 +317,9 @@ class JobRunner:
 
     async def _record_started(self, job: Job) -> None:
         assert job.env is not None
-        fields: dict[str, object] = {"alone": job.delivery.attempt} if job.alone else {}
+        fields: dict[str, object] = {}
+        if job.alone:
+            fields = {"alone": job.delivery.attempt, "crashes_alone": job.crashes_alone}
         record = state_record(
             JobState.STARTED,
             task=job.env.task,
@@ -339,10 +353,12 @@ def _suspect(recorded: Outcome | None) -> bool:
     return bool(recorded.record.get("crashed"))
 
 
-def _ran_alone(recorded: Outcome | None, delivery: int) -> bool:
-    """Whether delivery ``delivery`` of the job started running alone and never settled."""
-    return (
-        recorded is not None
-        and recorded.state is JobState.STARTED
-        and recorded.record.get("alone") == delivery
-    )
+def _crashes_alone(recorded: Outcome | None, delivery: int) -> int:
+    """How many times in a row the job's worker died while it ran alone: one more than its
+    record says if delivery ``delivery`` started alone and never settled, else 0."""
+    if recorded is None or recorded.state is not JobState.STARTED:
+        return 0
+    if recorded.record.get("alone") != delivery:
+        return 0
+    before = recorded.record.get("crashes_alone", 0)
+    return (before if isinstance(before, int) else 0) + 1

@@ -1,11 +1,12 @@
 """Running a job's task where it belongs, within its limits, and stopping it on request.
 
-``async def`` tasks run on the worker's loop, driven by :class:`jsqueue.interrupt.Interruptible`
-so that a soft time limit raises :class:`SoftTimeLimitExceeded` inside them and a hard one
-cancels them. ``def`` tasks go to the worker's pool: threads of the worker (no limit can stop
-them) or supervised child processes (the child is killed at the hard limit, signalled at the
-soft one). Jobs that run in the worker's own process pass a :class:`jsqueue.gate.Gate`, so that a
-suspect (delivered again after its worker died) can run alone.
+``async def`` tasks run on the worker's loop, driven by
+:class:`jsqueue.worker.interrupt.Interruptible`, so that a soft time limit raises
+:class:`SoftTimeLimitExceeded` inside them and a hard one cancels them. ``def`` tasks go to the
+worker's pool: threads of the worker (no limit can stop them) or supervised child processes (the
+child is killed at the hard limit, signalled at the soft one). Jobs that run in the worker's own
+process pass a :class:`jsqueue.worker.gate.Gate`, so that a suspect (delivered again after its
+worker died) can run alone.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from jsqueue.context import reset_current, set_current
 from jsqueue.errors import ConfigError, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
-from jsqueue.gate import Gate
-from jsqueue.interrupt import Interruptible
 from jsqueue.pools.outcome import ChildOutcome
 from jsqueue.pools.protocol import ChildJob
+from jsqueue.worker.gate import Gate
+from jsqueue.worker.interrupt import Interruptible
 
 if TYPE_CHECKING:
     from jsqueue.app import App
-    from jsqueue.settle import Job
     from jsqueue.task import Task
+    from jsqueue.worker.settle import Job
 
 log = logging.getLogger("jsqueue.worker")
 

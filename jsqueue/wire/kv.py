@@ -1,6 +1,7 @@
 """A JetStream KV bucket with jsqueue's errors: create-only writes, guarded updates, watches.
 
-Part of the broker layer (it talks to nats). Keys use ``.`` between parts, never ``:``.
+Part of the wire package: its coroutines raise only jsqueue's errors. Keys use ``.`` between
+parts, never ``:``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from jsqueue.errors import JsqueueError, ProvisionError
-from jsqueue.publisher import AckedPublisher
+from jsqueue.wire.acks import AckedPublisher
+from jsqueue.wire.errors import translated
 
 _NEW_KEY = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
@@ -53,6 +55,7 @@ class KvStore:
         self.stream = f"KV_{bucket}"
 
     @classmethod
+    @translated
     async def open(
         cls,
         js: JetStreamContext,
@@ -99,6 +102,7 @@ class KvStore:
             kv = await js.key_value(bucket)
         return cls(js, publisher, kv, bucket, replicas)
 
+    @translated
     async def get(self, key: str) -> Entry | None:
         try:
             entry = await self._kv.get(key)
@@ -106,6 +110,7 @@ class KvStore:
             return None
         return Entry(key, entry.value or b"", entry.revision or 0)
 
+    @translated
     async def create(self, key: str, value: bytes, ttl: float | None = None) -> int:
         """Write ``key`` only if it does not exist; :class:`KeyExists` otherwise."""
         if ttl is None:  # the common case, one pipelined publish (no nats-py KV wrapper)
@@ -122,6 +127,7 @@ class KvStore:
             # nats-py may report the loser of a create race either way.
             raise KeyExists(f"{self.bucket}: {key} exists") from None
 
+    @translated
     async def update(self, key: str, value: bytes, last: int) -> int:
         """Write ``key`` only if its revision is still ``last``; :class:`KeyExists` otherwise."""
         try:
@@ -129,12 +135,15 @@ class KvStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise KeyExists(f"{self.bucket}: {key} changed since revision {last}") from None
 
+    @translated
     async def put(self, key: str, value: bytes) -> int:
         return await self._kv.put(key, value)
 
+    @translated
     async def delete(self, key: str) -> None:
         await self._kv.purge(key)
 
+    @translated
     async def values(self, pattern: str = ">") -> list[Entry]:
         """Every live entry whose key matches ``pattern``.
 
@@ -173,6 +182,7 @@ class KvStore:
                 await sub.unsubscribe()
         return entries
 
+    @translated
     async def count_keys(self, pattern: str) -> int:
         """How many live keys match ``pattern``, answered by the server in one request.
 
@@ -200,16 +210,19 @@ class KvStore:
             )
         return int(info.num_pending or 0)
 
+    @translated
     async def forget_count(self, pattern: str) -> None:
         """Remove the counting consumer of :meth:`count_keys` (it also expires by itself)."""
         name = "count_" + hashlib.sha1(pattern.encode()).hexdigest()[:24]
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self._js.delete_consumer(self.stream, name)
 
+    @translated
     async def count(self) -> int:
         info = await self._js.stream_info(self.stream)
         return int(info.state.messages)
 
+    @translated
     async def watch_new(
         self,
         callback: Callable[[str, bytes | None, int], Awaitable[None]],
@@ -238,4 +251,4 @@ class KvStore:
             ),
             inactive_threshold=300,
         )
-        return sub.unsubscribe
+        return translated(sub.unsubscribe)

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jsqueue import continuation, dlq, failure
-from jsqueue.broker import Broker, translate
+from jsqueue import failure
 from jsqueue.errors import (
     ArgumentsError,
     ConnectError,
@@ -36,12 +35,13 @@ from jsqueue.errors import (
 )
 from jsqueue.hooks import Hooks, JobEvent, emit
 from jsqueue.outcome import Action, Counter, Event, FollowUp, Plan, Reason, Record, dead
-from jsqueue.puller import Delivery
-from jsqueue.results import JobState, ResultBackend, state_record
+from jsqueue.services import continuation, dlq
+from jsqueue.services.results import JobState, ResultBackend, state_record
+from jsqueue.wire import Broker, Delivery, translate
 
 if TYPE_CHECKING:
-    from jsqueue.app import App
     from jsqueue.envelope import Envelope
+    from jsqueue.services.deps import Deps
     from jsqueue.task import Task
 
 log = logging.getLogger("jsqueue.worker")
@@ -110,6 +110,8 @@ class Job:
     owns_run: bool = False
     #: a suspect: delivered again after its worker died, so it runs alone
     alone: bool = False
+    #: how many times in a row its worker died while it ran alone
+    crashes_alone: int = 0
     #: how it holds the executor's gate until settled: True alone, False together, None not
     gate: bool | None = None
     #: it killed its worker (a RETRY record says so, so the next delivery runs alone too)
@@ -126,7 +128,7 @@ class Settler:
 
     def __init__(
         self,
-        app: App,
+        app: Deps,
         worker_id: str,
         broker: Broker,
         results: ResultBackend,

@@ -14,20 +14,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from jsqueue.broker import Broker
 from jsqueue.config import Serializer, Settings, check_job_id, check_queue
 from jsqueue.envelope import Envelope, encode, new_job_id
 from jsqueue.errors import ConfigError
-from jsqueue.events import enqueued
-from jsqueue.publisher import Ack
+from jsqueue.services.events import enqueued
+from jsqueue.wire import Ack, Broker
 
 MSG_ID = "Nats-Msg-Id"
 SCHEDULE = "Nats-Schedule"
 SCHEDULE_TARGET = "Nats-Schedule-Target"
 #: A job due sooner than this is published straight to its queue instead of scheduled.
 SCHEDULE_MIN_DELAY = 0.01
+
+
+class Route(Protocol):
+    """What sending a job needs to know of its task (a registered :class:`jsqueue.Task`)."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def serializer(self) -> Serializer: ...
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None: ...
 
 
 def build_envelope(
@@ -74,6 +83,36 @@ def build_envelope(
         headers=headers,
         serializer=serializer,
         **extra,
+    )
+
+
+def signature_envelope(
+    settings: Settings,
+    route: Route | None,
+    signature: dict[str, Any],
+    extra_args: Sequence[Any] = (),
+    **fields: Any,
+) -> Envelope:
+    """The job a signature (as JSON, see :meth:`jsqueue.Signature.to_dict`) describes, with
+    ``extra_args`` in front of its own (unless immutable); ``route`` is its task, if known
+    here (its queue, serializer and arguments check)."""
+    own = tuple(signature.get("args") or ())
+    args = own if signature.get("immutable") else (*extra_args, *own)
+    kwargs = dict(signature.get("kwargs") or {})
+    if route is not None:
+        route.check_arguments(args, kwargs)
+    options = {k: v for k, v in (signature.get("options") or {}).items() if v is not None}
+    queue = options.pop("queue", None) or (route.queue if route else settings.default_queue)
+    serializer: Serializer = route.serializer if route else settings.serializer
+    return build_envelope(
+        settings,
+        str(signature["task"]),
+        args,
+        kwargs,
+        queue=queue,
+        serializer=serializer,
+        **options,
+        **fields,
     )
 
 

@@ -1,7 +1,8 @@
 """One background event loop thread per app, for code without an event loop.
 
 ``delay_sync()``, ``get_sync()`` and friends run their coroutine on this loop (which keeps its own
-NATS connection) and block the calling thread until it finishes.
+NATS connection) and block the calling thread until it finishes. Every one of them is made by
+:func:`blocking` from its coroutine twin, so both take the same typed arguments.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from jsqueue.errors import JsqueueError
 
@@ -71,3 +72,56 @@ class LoopThread:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+class SyncHost(Protocol):
+    """Whatever runs coroutines for code without an event loop (the App)."""
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T: ...
+
+
+class HasSyncHost(Protocol):
+    def _sync_host(self) -> SyncHost: ...
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def blocking(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
+    """The blocking twin of a coroutine method, with the same parameters: it runs the coroutine
+    on the app's loop thread (see :class:`LoopThread`) and returns its result. The one way
+    jsqueue makes its ``*_sync`` methods, for Django views, scripts and other code without a
+    running event loop; the method's class provides ``_sync_host()``."""
+    inner: Callable[P, Coroutine[Any, Any, R]] = getattr(method, "__wrapped__", method)
+
+    def twin(*args: P.args, **kwargs: P.kwargs) -> R:
+        host = cast(HasSyncHost, args[0])._sync_host()
+        return host.run_sync(inner(*args, **kwargs))
+
+    twin.__name__ = f"{inner.__name__}_sync"
+    twin.__qualname__ = f"{inner.__qualname__}_sync"
+    twin.__doc__ = f":meth:`{inner.__name__}` for code without an event loop: blocks until done."
+    return twin
+
+
+def needs_loop(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A coroutine method that fails at once, naming its ``*_sync`` twin, when called where no
+    event loop runs (instead of making a coroutine that is never awaited)."""
+
+    def checked(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            who = getattr(args[0], "name", type(args[0]).__name__)
+            raise JsqueueError(
+                f"{who}.{method.__name__}() needs a running event loop (await it in async "
+                f"code); in synchronous code call {who}.{method.__name__}_sync(...) instead"
+            ) from None
+        return method(*args, **kwargs)
+
+    checked.__name__ = method.__name__
+    checked.__qualname__ = method.__qualname__
+    checked.__doc__ = method.__doc__
+    checked.__wrapped__ = method  # type: ignore[attr-defined]
+    return checked

@@ -1,9 +1,11 @@
-"""Job states and results in a JetStream KV bucket, and :class:`AsyncResult` to wait for them.
+"""Job states and results in a JetStream KV bucket, and the revocations written beside them.
 
 One record per job id. Final outcomes (SUCCESS, FAILURE, DEAD, EXPIRED, REVOKED) are written
 with KV ``create`` / ``update(last=revision)`` so that the first one recorded wins: a late duplicate
 execution cannot overwrite it. Waiting is pushed, not polled: one watch of the bucket per app and
-event loop serves every waiting :meth:`AsyncResult.get`.
+event loop serves every waiting ``AsyncResult.get`` (:mod:`jsqueue.services.handles`).
+Revoking records REVOKED as the final state and adds the id to the ``<prefix>_revoked`` bucket,
+which every worker watches (:class:`RevokedSet`).
 """
 
 from __future__ import annotations
@@ -12,20 +14,16 @@ import asyncio
 import enum
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any
 
-from jsqueue.broker import Broker
 from jsqueue.envelope import pickle_value, to_json, unpickle_value
 from jsqueue.errors import DecodeError, ResultTimeout, TaskFailed
-from jsqueue.kvstore import KeyExists, KvStore
+from jsqueue.wire import Broker, KeyExists, KvStore
 
-if TYPE_CHECKING:
-    from jsqueue.app import App
-
-R = TypeVar("R")
-log = logging.getLogger("jsqueue.results")
+log = logging.getLogger("jsqueue.services.results")
 
 
 class JobState(enum.StrEnum):
@@ -240,6 +238,31 @@ class ResultBackend:
             if outcome is not None:
                 await self._on_update(job_id, json.dumps(outcome.record).encode(), 0)
 
+    # -- revocation ---------------------------------------------------------------------------
+
+    async def revocations(self) -> KvStore:
+        """The ``<prefix>_revoked`` bucket that every worker watches."""
+        return await self.broker.kv("revoked", ttl=self.broker.settings.result_ttl)
+
+    async def revoke(self, job_id: str, *, terminate: bool = False) -> bool:
+        """Revoke ``job_id``; False (and nothing changed) if it had already finished.
+
+        REVOKED becomes its final state, its id goes to the revoked bucket (a worker that
+        receives it acks it without running it), and a schedule not yet fired is purged. With
+        ``terminate``, a worker running the job stops it: it kills the job's pool child or
+        cancels its coroutine; a ``def`` task in a thread cannot be stopped and runs on.
+        """
+        record = state_record(JobState.REVOKED, revoked_at=time.time())
+        existing = await self.write_final(job_id, record)
+        if existing is not None and existing.state is not JobState.REVOKED:
+            log.info("job %s already finished (%s); revoke changes nothing", job_id, existing.state)
+            return False
+        note = {"at": time.time(), "terminate": terminate}
+        await (await self.revocations()).put(job_id, json.dumps(note).encode())
+        s = self.broker.settings
+        await self.broker.streams.purge(s.jobs_stream, s.schedule_subject("*", job_id))
+        return True
+
     async def close(self) -> None:
         unwatch, self._unwatch = self._unwatch, None
         if unwatch is not None:
@@ -249,71 +272,43 @@ class ResultBackend:
                 log.debug("unwatch failed: %r", exc)
 
 
-class AsyncResult(Generic[R]):
-    """A handle on one job: its id, and its state and outcome once recorded."""
+def _wants_terminate(value: bytes) -> bool:
+    try:
+        note = json.loads(value)
+    except ValueError:
+        return False  # an older record: a bare time
+    return isinstance(note, dict) and note.get("terminate") is True
 
-    def __init__(self, app: App, job_id: str, task: str | None = None) -> None:
-        self.app = app
-        self.id = job_id
-        self.task = task
 
-    def __repr__(self) -> str:
-        return f"<AsyncResult {self.id} task={self.task}>"
+class RevokedSet:
+    """The ids of revoked jobs, kept current by a watch of the revoked bucket (for workers)."""
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, AsyncResult) and other.id == self.id
+    def __init__(self, on_terminate: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.ids: set[str] = set()
+        self._unwatch: Callable[[], Awaitable[None]] | None = None
+        self._on_terminate = on_terminate
 
-    def __hash__(self) -> int:
-        return hash(self.id)
+    async def start(self, backend: ResultBackend) -> None:
+        store = await backend.revocations()
 
-    async def get(self, timeout: float | None = None) -> R:
-        """Wait for the outcome: the return value, or :class:`TaskFailed`.
+        async def on_update(key: str, value: bytes | None, revision: int) -> None:
+            if value is None:
+                self.ids.discard(key)
+                return
+            self.ids.add(key)
+            if self._on_terminate is not None and _wants_terminate(value):
+                await self._on_terminate(key)
 
-        Raises :class:`ResultTimeout` if nothing final is recorded within ``timeout`` seconds.
-        """
-        backend = await self.app.result_backend()
-        outcome = await backend.wait(self.id, timeout)
-        value: R = outcome.value(self.app.settings.secret_key)
-        return value
+        self._unwatch = await store.watch_new(on_update, replay=True)
 
-    def get_sync(self, timeout: float | None = None) -> R:
-        """:meth:`get` for code without an event loop."""
-        return self.app.run_sync(self.get(timeout))
+    async def stop(self) -> None:
+        """Stop watching (a worker that ends, or starts again on a new connection)."""
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            try:
+                await unwatch()
+            except Exception as exc:  # the connection is gone already
+                log.debug("unwatching revoked jobs failed: %r", exc)
 
-    async def state(self) -> JobState:
-        """The job's current state (PENDING if nothing is recorded)."""
-        outcome = await (await self.app.result_backend()).read(self.id)
-        return JobState.PENDING if outcome is None else outcome.state
-
-    async def info(self) -> dict[str, Any]:
-        """State, attempts, timestamps, worker and error text, as recorded."""
-        outcome = await (await self.app.result_backend()).read(self.id)
-        if outcome is None:
-            return {"id": self.id, "state": JobState.PENDING.value}
-        info = {k: v for k, v in outcome.record.items() if k not in ("pickle", "sig")}
-        info["id"] = self.id
-        return info
-
-    async def ready(self) -> bool:
-        """Whether a final outcome is recorded."""
-        return (await self.state()).is_final
-
-    async def forget(self) -> None:
-        """Remove the job's record."""
-        await (await self.app.result_backend()).forget(self.id)
-
-    async def revoke(self, *, terminate: bool = False) -> bool:
-        """Make sure a queued or delayed job never runs; its state becomes REVOKED.
-
-        Returns False, changing nothing, if the job had already finished. A job already
-        running goes on (its outcome is then not recorded: REVOKED stays), unless
-        ``terminate=True``: its worker kills its pool child, or cancels it if it is a coroutine
-        (a ``def`` task in the thread pool cannot be stopped and runs to its end).
-        """
-        from jsqueue.revoke import revoke
-
-        return await revoke(self.app, self.id, terminate=terminate)
-
-    def revoke_sync(self, *, terminate: bool = False) -> bool:
-        """:meth:`revoke` for code without an event loop."""
-        return self.app.run_sync(self.revoke(terminate=terminate))
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self.ids

@@ -2,7 +2,7 @@
 distinct client and cluster ports, their own store dirs, names, routes to all, and
 ``sync_interval: always``; nodes are started, killed and restarted by PID.
 
-Exported through :mod:`jsqueue.testing`.
+Exported through :mod:`jsqueue.testing`; part of the wire package (it asks the nodes over NATS).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
-from jsqueue.server import NatsServer, ServerStartError
+from jsqueue.wire.server import NatsServer, ServerStartError
 
 
 def _free_ports(count: int) -> list[int]:

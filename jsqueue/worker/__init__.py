@@ -1,0 +1,11 @@
+"""The worker runtime: pull jobs, run them where they belong, settle each exactly once.
+
+:mod:`~jsqueue.worker.worker` pulls and drains, :mod:`~jsqueue.worker.runner` plans one job,
+:mod:`~jsqueue.worker.execute` runs its task (on the loop, in a thread or a pool child),
+:mod:`~jsqueue.worker.settle` carries the plan out.
+"""
+
+from jsqueue.worker.settle import WorkerStats
+from jsqueue.worker.worker import Worker, run_worker
+
+__all__ = ["Worker", "WorkerStats", "run_worker"]

@@ -1,0 +1,364 @@
+"""The worker: pull jobs, run them, and ack, retry (``nak`` with a delay) or dead-letter them.
+
+A job is acked only after its outcome is recorded. Coroutine tasks run on the event loop, plain
+functions in a pool: threads of the worker (``pool="thread"``, the default) or supervised child
+processes (``pool="process"``). ``concurrency`` is the number of jobs in flight (under the process
+pool: the number of children, and coroutines share those slots), and the pullers never ask the
+server for more jobs than there are free slots. Long jobs send ``in_progress`` heartbeats at a
+third of ``ack_wait``. On the first stop signal the worker stops pulling, lets running jobs
+finish within ``grace`` seconds, and gives back (``nak``) the rest so they run again at once
+elsewhere; :meth:`Worker.abort` (the second signal) kills the children and gives back all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from jsqueue.app import App
+from jsqueue.config import Settings
+from jsqueue.hooks import Hooks
+from jsqueue.pools import ProcessPool
+from jsqueue.pools.thread import ThreadPool
+from jsqueue.services.events import EventPublisher
+from jsqueue.services.registry import REGISTRY_TTL, WorkerRegistry
+from jsqueue.services.results import RevokedSet
+from jsqueue.wire import Broker, Delivery
+from jsqueue.worker import upkeep
+from jsqueue.worker.dispatch import Dispatch
+from jsqueue.worker.execute import Pool, TaskExecutor
+from jsqueue.worker.loopwatch import LoopWatch
+from jsqueue.worker.options import WorkerOptions
+from jsqueue.worker.runner import JobRunner, WorkerStats
+
+log = logging.getLogger("jsqueue.worker")
+
+
+class Worker:
+    """Runs the jobs of ``queues`` with ``concurrency`` slots. See :func:`run_worker`."""
+
+    def __init__(self, app: App, **options: Any) -> None:
+        """``options`` are :func:`run_worker`'s (see :class:`WorkerOptions`)."""
+        self.options = opts = WorkerOptions.create(app, **options)
+        self.queues = list(opts.queues)
+        self.limits = opts.limits
+        self.pool_kind = opts.pool
+        self.app_spec = opts.app_spec
+        self.app = app
+        self.concurrency = opts.concurrency
+        self.burst = opts.burst
+        self.grace = opts.grace
+        self.id = opts.worker_id
+        self.hooks: list[Hooks] = list(app.hooks)
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self.dispatch = Dispatch(self._process, lambda: self._stop.is_set())
+        #: job id -> kind -> data: what running jobs reported from their pool child
+        self.reports: dict[str, dict[str, dict[str, Any]]] = {}
+        self.pool: Pool | None = None
+        self.executor: TaskExecutor | None = None
+        self._runner: JobRunner | None = None
+        self._stats = WorkerStats()
+        self.broker: Broker | None = None
+        self._registry: WorkerRegistry | None = None
+        self._revoked: RevokedSet | None = None
+        self._background: list[asyncio.Task[None]] = []
+        #: seconds to get a new connection after nats-py closed the old one for good
+        self.reconnect_timeout = 60.0
+        #: connections this worker has run on (more than one after a connection was lost)
+        self.sessions = 0
+        self.started = asyncio.Event()
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self._stats
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+    def held(self) -> int:
+        """Deliveries waiting for a slot, in every lane."""
+        return self.dispatch.held()
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        return self.dispatch.tasks
+
+    @property
+    def active(self) -> dict[Delivery, float]:
+        return self.dispatch.active
+
+    async def _process(self, delivery: Delivery) -> None:
+        assert self._runner is not None
+        await self._runner.process(delivery)
+
+    @property
+    def running(self) -> dict[str, tuple[str, str, float]]:
+        """job id -> (task, queue, started at) of the jobs running now."""
+        return self._runner.running if self._runner else {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully (what the first SIGTERM does)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self, wait_for_server: float = 0.0) -> WorkerStats:
+        """Run until :meth:`stop` (or, with ``burst``, until the queues are empty).
+
+        A connection that nats-py closes for good (it does so on some server errors) is
+        replaced by a new one: the worker never stays alive and idle. If no new connection
+        comes within ``reconnect_timeout`` seconds, :class:`ConnectError` ends the run.
+        """
+        watch = LoopWatch(self.options.block_warning, JobRunner.culprit)
+        watch.start()
+        self.pool = self._make_pool()
+        self.executor = TaskExecutor(self.pool, self.limits, self.id)
+        try:
+            await self.pool.start()
+            await self._open(wait_for_server)
+            while await self._serve():
+                await self._reopen()
+        finally:
+            watch.stop()
+            await self._close()
+        log.info("worker %s stopped: %s", self.id, self.stats.summary())
+        return self.stats
+
+    async def _open(self, wait_for_server: float) -> None:
+        """Connect and set everything up: runner, registry, one puller per queue."""
+        await self.app.connect(wait=wait_for_server)
+        broker = await self.app.broker()
+        self.broker = broker
+        self.sessions += 1
+        results = await self.app.result_backend()
+        self._revoked = RevokedSet(on_terminate=self._terminate)
+        await self._revoked.start(results)
+        hooks = list(self.hooks)
+        if self.app.settings.events:
+            hooks.append(EventPublisher(broker))
+        assert self.executor is not None
+        self._runner = JobRunner(
+            self.app, self.id, broker, results, self._revoked, self.executor, hooks, self._stats
+        )
+        registry = WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL))
+        self._registry = registry
+        shares = _split(self.concurrency, len(self.queues))
+        self.dispatch.lanes = {}
+        for queue, share in zip(self.queues, shares, strict=True):
+            consumer = await broker.ensure_consumer(queue)
+            puller = broker.puller(
+                queue, consumer, share, self.dispatch.on_delivery, self.dispatch.on_late
+            )
+            self.dispatch.add_lane(queue, puller)
+        self._background = [
+            asyncio.create_task(upkeep.heartbeats(self)),
+            asyncio.create_task(upkeep.report(self, registry)),
+        ]
+        if self.burst:
+            self._background.append(asyncio.create_task(upkeep.burst_watch(self)))
+        for lane in self.dispatch.lanes.values():
+            await lane.puller.start()
+        log.info(
+            "worker %s ready: queues %s, concurrency %d, %s pool, NATS %s",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            self.pool_kind,
+            broker.url,
+        )
+        self.started.set()
+
+    async def _serve(self) -> bool:
+        """Wait for a stop (drain, return False) or a lost connection (return True)."""
+        assert self.broker is not None
+        stop = asyncio.ensure_future(self._stop.wait())
+        lost = asyncio.ensure_future(self.broker.lost.wait())
+        try:
+            await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # cancelled (run_worker in a task of yours): stop now, give every job back
+            self.grace = 0.0
+            self._stop.set()
+            await self._drain()
+            raise
+        finally:
+            stop.cancel()
+            lost.cancel()
+        if self._stop.is_set() or not self.broker.lost.is_set():
+            await self._drain()
+            return False
+        return True
+
+    async def _reopen(self) -> None:
+        """The connection is closed for good: drop this session's jobs and start again."""
+        assert self.broker is not None
+        log.error(
+            "worker %s: NATS closed the connection for good (%s); its %d running job(s) will "
+            "come back after ack_wait; connecting again with a new client",
+            self.id,
+            self.broker.lost_reason,
+            len(self.tasks),
+        )
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=10)
+        await self._close_session()
+        await self._open(self.reconnect_timeout)
+        log.warning("worker %s: connected again; serving on", self.id)
+
+    async def _close_session(self) -> None:
+        for task in self._background:
+            task.cancel()
+        self._background = []
+        for lane in self.dispatch.lanes.values():
+            lane.backlog.clear()
+            await lane.puller.close()
+        self.active.clear()
+        if self._revoked is not None:
+            await self._revoked.stop()
+        # the app's next use in this loop connects anew (App notices the lost connection)
+
+    async def _close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for lane in self.dispatch.lanes.values():
+            await lane.puller.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self._registry is not None:
+            await self._registry.remove(self.id)
+        if self._revoked is not None:
+            await self._revoked.stop()
+        for hook in self.hooks:
+            await hook.on_worker_stop()
+        if self.broker is not None and self.broker.is_connected:
+            await self.broker.flush()
+
+    async def _drain(self) -> None:
+        """Stop pulling, let running jobs finish within ``grace``, give back the rest."""
+        log.info("worker %s stopping: %d job(s) running", self.id, len(self.tasks))
+        await self.dispatch.drain(self.grace)
+
+    # -- background ----------------------------------------------------------------------------
+
+    def _make_pool(self) -> Pool:
+        if self.pool_kind == "thread":
+            return ThreadPool(self.app, self.concurrency)
+        assert self.app_spec is not None
+        return ProcessPool(
+            self.app_spec,
+            self.concurrency,
+            worker_id=self.id,
+            on_report=self._on_report,
+            max_tasks_per_child=self.options.max_tasks_per_child,
+            max_memory_per_child=self.options.max_memory_per_child,
+        )
+
+    def _on_report(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        """What a job in a pool child reported while it runs: the latest of each kind is kept
+        for the registry (``jsqueue inspect workers``)."""
+        self.reports.setdefault(job_id, {})[kind] = data
+
+    async def _terminate(self, job_id: str) -> None:
+        """A revoke with ``terminate=True`` arrived: stop the job if it runs here."""
+        if self.executor is None:
+            return
+        done = await self.executor.terminate(job_id)
+        if done == "cannot":
+            log.warning(
+                "job %s was revoked with terminate, but it runs in a thread, which cannot be "
+                "stopped: it runs to its end (its outcome is not recorded: REVOKED stays)",
+                job_id,
+            )
+        elif done is not None:
+            log.warning("job %s was revoked with terminate: %s", job_id, done)
+
+    async def abort(self) -> None:
+        """Stop now (the second signal): kill the pool's children and give back every job in
+        flight, so that other workers run them at once."""
+        log.warning("worker %s aborting: %d job(s) given back", self.id, len(self.active))
+        if self.pool is not None:
+            await self.pool.close(kill=True)
+        for delivery in list(self.active):
+            await self.dispatch.give_back(delivery)
+        for lane in self.dispatch.lanes.values():
+            for delivery in lane.backlog:
+                await self.dispatch.give_back(delivery)
+        if self.broker is not None and self.broker.is_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.broker.flush(), 2)
+
+    def stuck(self) -> dict[str, tuple[str, float]]:
+        """job id -> (task, seconds run) of the jobs in a thread past ``--time-limit``."""
+        return upkeep.stuck(self.limits.time_limit, self.pool)
+
+    def record(self) -> dict[str, Any]:
+        """What the registry says about this worker."""
+        return upkeep.record(self)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """Split ``total`` slots over ``parts`` queues (``total >= parts``, so each gets one)."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+async def run_worker(
+    app: App,
+    *,
+    queues: Sequence[str] | None = None,
+    concurrency: int | None = None,
+    burst: bool = False,
+    grace: float = 30.0,
+    wait_for_server: float = 0.0,
+    worker_id: str | None = None,
+    block_warning: float | None = None,
+    pool: str = "thread",
+    app_spec: str | None = None,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: float | None = None,
+) -> WorkerStats:
+    """Run a worker for ``app`` in the current event loop until it is stopped.
+
+    ``pool="thread"`` (the default) runs ``def`` tasks in threads, ``concurrency`` (default 32)
+    jobs at once. ``pool="process"`` runs them in supervised child processes, ``concurrency``
+    children (default: the CPU count); they import the app by ``app_spec`` ("module:app",
+    found from the tasks' module when not given). ``time_limit`` and ``soft_time_limit`` are
+    seconds for tasks that set none; ``max_tasks_per_child`` and ``max_memory_per_child`` (MB
+    resident after a job) replace a child once it reaches them.
+
+    Cancelling the task that runs it stops it at once: running jobs are cancelled and, with
+    those waiting for a slot, given back (``nak``) so that another worker runs them now.
+
+    With ``burst=True`` it returns once the queues hold nothing ready or unacked (retries
+    included) and nothing runs. Signal handling is the caller's: ``jsqueue worker`` installs it.
+    """
+    worker = Worker(
+        app,
+        queues=queues,
+        concurrency=concurrency,
+        burst=burst,
+        grace=grace,
+        worker_id=worker_id,
+        block_warning=block_warning,
+        pool=pool,
+        app_spec=app_spec,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+    )
+    return await worker.run(wait_for_server=wait_for_server)
