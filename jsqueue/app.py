@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import uuid
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -96,6 +97,8 @@ class App:
             weakref.WeakKeyDictionary()
         )
         self._sync = LoopThread(f"jsqueue-{name}-sync")
+        #: names this process's notify subject, the same on every connection of the app
+        self._notify_token = uuid.uuid4().hex[:16]
 
     @property
     def name(self) -> str:
@@ -277,7 +280,8 @@ class App:
             log.warning("app %s: the NATS connection was closed for good; connecting anew", self)
             state = None
         if state is None:
-            state = _LoopState(Broker(self.settings, client_name=self.name), asyncio.Lock())
+            broker = Broker(self.settings, client_name=self.name, notify_token=self._notify_token)
+            state = _LoopState(broker, asyncio.Lock())
             self._loops[loop] = state
         return state
 

@@ -48,11 +48,13 @@ class chain:
         steps = [s.set(job_id=s.options.get("job_id") or new_job_id()) for s in self.steps]
         steps[0] = steps[0].set(**options)
         first, rest = steps[0], steps[1:]
-        env = first.envelope(args, link=tuple(step.to_dict() for step in rest))
         app = first._app()
-        await send(await app.broker(), env)
+        broker = await app.broker()
+        links = tuple(step.to_dict() for step in rest)
+        env = first.envelope(args, link=links, notify=broker.notify_subject)
+        await send(broker, env)
         last = steps[-1]
-        return AsyncResult(app, str(last.options["job_id"]), last.task)
+        return AsyncResult(app, str(last.options["job_id"]), last.task, notified=True)
 
     def _sync_host(self) -> SyncHost:
         return self.steps[0]._app()
@@ -82,10 +84,12 @@ class group:
         """Send every member, with these send options (queue, countdown, eta, expires,
         headers) where a member does not set its own."""
         _no_job_id(options, "a group (give it to a member with .set(job_id=...))")
-        envelopes = [_defaults(member, options).envelope() for member in self.members]
         app = self.members[0]._app()
-        await send_many(await app.broker(), envelopes)
-        return GroupResult([AsyncResult(app, e.id, e.task) for e in envelopes])
+        broker = await app.broker()
+        notify = broker.notify_subject
+        envelopes = [_defaults(m, options).envelope(notify=notify) for m in self.members]
+        await send_many(broker, envelopes)
+        return GroupResult([AsyncResult(app, e.id, e.task, notified=True) for e in envelopes])
 
     def _sync_host(self) -> SyncHost:
         return self.members[0]._app()
@@ -114,13 +118,17 @@ class chord:
         app = self.body._app()
         chord_id = check_job_id(job_id or str(self.body.options.get("job_id") or new_job_id()))
         size = len(self.header.members)
-        await start_chord(app, chord_id, size, self.body.to_dict())
+        broker = await app.broker()
+        notify = broker.notify_subject
+        await start_chord(app, chord_id, size, self.body.to_dict(), notify=notify)
         envelopes = [
-            _defaults(member, options).envelope(chord={"id": chord_id, "index": i, "size": size})
+            _defaults(member, options).envelope(
+                chord={"id": chord_id, "index": i, "size": size}, notify=notify
+            )
             for i, member in enumerate(self.header.members)
         ]
-        await send_many(await app.broker(), envelopes)
-        return AsyncResult(app, chord_id, self.body.task)
+        await send_many(broker, envelopes)
+        return AsyncResult(app, chord_id, self.body.task, notified=True)
 
     def _sync_host(self) -> SyncHost:
         return self.body._app()

@@ -48,6 +48,7 @@ class SettingsKwargs(TypedDict, total=False):
     request_timeout: float
     publish_timeout: float
     result_ttl: float
+    max_object_size: int
     track_started: bool
     replicas: int
     dlq_max_age: float
@@ -84,6 +85,9 @@ class Settings:
     #: total time a publish is retried (same job id, so never stored twice) before it fails
     publish_timeout: float = 15.0
     result_ttl: float = 86_400.0
+    #: bytes: the largest return value (or arguments) kept in the object store when it is over
+    #: the server's max_payload; above it a result fails once with ResultTooLarge
+    max_object_size: int = 64 * 2**20
     track_started: bool = False
     replicas: int = 1
     dlq_max_age: float = 30 * 86_400.0
@@ -124,7 +128,7 @@ class Settings:
             _positive(name, getattr(self, name))
         for name in ("publish_timeout", "result_ttl", "dlq_max_age", "unknown_task_delay"):
             _positive(name, getattr(self, name))
-        for name in ("max_deliver", "max_ack_pending", "replicas"):
+        for name in ("max_deliver", "max_ack_pending", "replicas", "max_object_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -197,6 +201,16 @@ class Settings:
     @property
     def events_subject(self) -> str:
         return f"{self.prefix}.events"
+
+    @property
+    def object_bucket(self) -> str:
+        """The object store of results and arguments too large for one message."""
+        return f"{self.prefix}_objects"
+
+    @property
+    def notify_prefix(self) -> str:
+        """Where workers tell waiting processes that a job has an outcome."""
+        return f"{self.prefix}.notify"
 
 
 def is_queue_name(value: object) -> bool:

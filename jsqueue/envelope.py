@@ -59,6 +59,10 @@ class Envelope:
     serializer: Serializer = "json"
     #: the job id this job replays from the dead-letter stream
     replay_of: str | None = None
+    #: where the worker says the job has an outcome (the sending process's subject)
+    notify: str | None = None
+    #: the object holding the whole envelope when its arguments were too large for a message
+    args_object: str | None = None
 
 
 _OPTIONAL = (
@@ -69,6 +73,8 @@ _OPTIONAL = (
     "chord",
     "headers",
     "replay_of",
+    "notify",
+    "args_object",
 )
 
 
@@ -149,6 +155,8 @@ def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
             headers=fields.headers(doc.get("headers")),
             serializer="cloudpickle" if "pickle" in doc else "json",
             replay_of=fields.optional_job_id(doc.get("replay_of"), "replay_of"),
+            notify=fields.notify(doc.get("notify")),
+            args_object=fields.args_object(doc.get("args_object"), job_id),
         )
     except fields.FieldError as exc:
         raise MalformedError(f"envelope is malformed: {exc}", raw=data) from None
@@ -165,7 +173,7 @@ def _document(data: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise DecodeError("payload is JSON but not an envelope object", raw=data)
     version = doc.get("v")
-    if version != ENVELOPE_VERSION:
+    if type(version) is not int or version != ENVELOPE_VERSION:  # not True, not 1.0
         raise DecodeError(
             f"envelope version {shorten(version)} is not understood by this worker "
             f"(it reads version {ENVELOPE_VERSION}); upgrade the worker or the producer",

@@ -9,6 +9,7 @@ Each check raises :class:`FieldError` with a message that names the field and th
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from jsqueue.config import JOB_ID_RULE, is_job_id, is_queue_name, shorten
@@ -19,6 +20,9 @@ TASK_NAME_MAX = 200
 LINK_MAX = 1000
 #: Send options a signature may carry, and the type each must have.
 SIGNATURE_OPTIONS = frozenset({"queue", "countdown", "eta", "expires", "job_id", "headers"})
+
+
+_NOTIFY_RE = re.compile(r"[a-z][a-z0-9_]{0,31}\.notify\.[A-Za-z0-9_-]{1,64}")
 
 
 class FieldError(ValueError):
@@ -88,6 +92,28 @@ def headers(value: Any, field: str = "headers") -> dict[str, str] | None:
     return value
 
 
+def notify(value: Any) -> str | None:
+    """``<prefix>.notify.<token>``: a subject a worker may publish a small notice to. Nothing
+    else: a worker may publish to ``$JS.API.>``, so an envelope must not choose its subject."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NOTIFY_RE.fullmatch(value):
+        raise FieldError(
+            f"field 'notify': {shorten(value)} is not <prefix>.notify.<token> (token: 1-64 "
+            "letters, digits, '_' or '-')"
+        )
+    return value
+
+
+def args_object(value: Any, job: str) -> str | None:
+    """``args.<job id>``: the object holding this job's large arguments."""
+    if value is None:
+        return None
+    if value != f"args.{job}":
+        raise FieldError(f"field 'args_object': {shorten(value)} is not args.<this job's id>")
+    return str(value)
+
+
 def chord(value: Any) -> dict[str, Any] | None:
     """``{"id": chord id, "index": 0.., "size": 1..}`` or None."""
     if value is None:
@@ -145,5 +171,5 @@ def _option(name: str, value: Any, field: str) -> None:
         job_id(value, field)
     elif name == "headers":
         headers(value, field)
-    else:
-        number(value, field)
+    elif number(value, field) < 0 and name == "countdown":
+        raise FieldError(f"field {field!r}: a countdown is seconds from now, at least 0")

@@ -82,6 +82,8 @@ class Reason(enum.StrEnum):
     CRASH_LOOP = "crash_loop"
     UNSERIALIZABLE_RESULT = "unserializable_result"
     RESULT_TOO_LARGE = "result_too_large"
+    #: the job's arguments were kept in the object store, and are gone (past result_ttl)
+    ARGUMENTS_LOST = "arguments_lost"
     #: jsqueue itself failed on the job (a bug: report it with the letter's traceback)
     WORKER_ERROR = "worker_error"
 

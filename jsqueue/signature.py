@@ -85,9 +85,10 @@ class Signature:
     async def apply_async(self, args: Sequence[Any] = (), **options: Any) -> AsyncResult[Any]:
         """Send it with extra leading ``args`` and send options."""
         sig = self.set(**options) if options else self
-        env = sig.envelope(args)
-        await send(await sig._app().broker(), env)
-        return AsyncResult(sig._app(), env.id, self.task)
+        broker = await sig._app().broker()
+        env = sig.envelope(args, notify=broker.notify_subject)
+        await send(broker, env)
+        return AsyncResult(sig._app(), env.id, self.task, notified=True)
 
     def _sync_host(self) -> SyncHost:
         return self._app()

@@ -174,10 +174,11 @@ class Task(Generic[P, R]):
             kwargs,
             queue=queue,
             serializer=self.serializer,
+            notify=broker.notify_subject,
             **{k: v for k, v in options.items() if v is not None},
         )
         await send(broker, env)
-        return AsyncResult(self.app, env.id, self.name)
+        return AsyncResult(self.app, env.id, self.name, notified=True)
 
     async def map(self, items: Iterable[Any], *, queue: str | None = None) -> list[AsyncResult[R]]:
         """Send one job per item (each the single argument), pipelined."""
@@ -198,10 +199,11 @@ class Task(Generic[P, R]):
                     args,
                     queue=queue or self.queue,
                     serializer=self.serializer,
+                    notify=broker.notify_subject,
                 )
             )
         await send_many(broker, envelopes)
-        return [AsyncResult(self.app, env.id, self.name) for env in envelopes]
+        return [AsyncResult(self.app, env.id, self.name, notified=True) for env in envelopes]
 
     def result(self, job_id: str) -> AsyncResult[R]:
         """A handle on job ``job_id`` of this task, typed with its result."""

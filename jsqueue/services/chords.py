@@ -32,9 +32,11 @@ log = logging.getLogger("jsqueue.chords")
 T = TypeVar("T")
 
 
-async def start_chord(deps: Deps, chord_id: str, size: int, callback: dict[str, Any]) -> None:
-    """Record a chord before its members are sent."""
-    await (await Chords.of(deps)).start(chord_id, size, callback)
+async def start_chord(
+    deps: Deps, chord_id: str, size: int, callback: dict[str, Any], *, notify: str | None = None
+) -> None:
+    """Record a chord before its members are sent (``notify``: the sender's subject)."""
+    await (await Chords.of(deps)).start(chord_id, size, callback, notify)
 
 
 async def member_succeeded(deps: Deps, env: Envelope, value: Any) -> None:
@@ -66,8 +68,12 @@ class Chords:
         loop."""
         return await self.broker.riding_elections(operation, *args)
 
-    async def start(self, chord_id: str, size: int, callback: dict[str, Any]) -> None:
-        meta = {"size": size, "callback": callback, "created": time.time()}
+    async def start(
+        self, chord_id: str, size: int, callback: dict[str, Any], notify: str | None
+    ) -> None:
+        meta: dict[str, Any] = {"size": size, "callback": callback, "created": time.time()}
+        if notify is not None:
+            meta["notify"] = notify
         await self._ride(self.store.put, f"{chord_id}.meta", json.dumps(meta).encode())
 
     async def member_succeeded(self, env: Envelope, value: Any) -> None:
@@ -138,8 +144,15 @@ class Chords:
             )
         callback = meta["callback"]
         route = self.deps.route(str(callback["task"]))
+        notify = meta.get("notify") if isinstance(meta.get("notify"), str) else None
         env = signature_envelope(
-            self.deps.settings, route, callback, (results,), job_id=chord_id, parent_id=chord_id
+            self.deps.settings,
+            route,
+            callback,
+            (results,),
+            job_id=chord_id,
+            parent_id=chord_id,
+            notify=notify,
         )
         await send(self.broker, env)
         log.info("chord %s complete (%d members): callback %s sent", chord_id, size, env.task)
@@ -170,5 +183,6 @@ class Chords:
         record = state_record(
             JobState.FAILURE, error=failure, failed_job=env.id, finished=time.time()
         )
-        await (await self.deps.result_backend()).write_final(chord_id, record)
+        backend = await self.deps.result_backend()
+        await backend.write_final(chord_id, record, notify=env.notify)
         await self._ride(self.store.forget_count, f"{chord_id}.m.*")

@@ -28,6 +28,7 @@ async def after_success(app: Deps, env: Envelope, value: Any) -> None:
             link=tuple(env.link[1:]),
             parent_id=env.id,
             root_id=env.root_id or env.id,
+            notify=env.notify,
         )
         await send(await app.broker(), nxt)
     if env.chord is not None:
@@ -50,7 +51,8 @@ async def abandon(app: Deps, env: Envelope, error: dict[str, str]) -> None:
         record = state_record(
             JobState.FAILURE, error=error, failed_job=env.id, finished=time.time()
         )
-        await (await app.result_backend()).write_final(str(env.chord["id"]), record)
+        backend = await app.result_backend()
+        await backend.write_final(str(env.chord["id"]), record, notify=env.notify)
 
 
 async def _fail_steps(app: Deps, env: Envelope, error: dict[str, str]) -> None:
@@ -59,4 +61,4 @@ async def _fail_steps(app: Deps, env: Envelope, error: dict[str, str]) -> None:
     for step in env.link:
         step_id = step.get("options", {}).get("job_id")
         if step_id:
-            await backend.write_final(str(step_id), record)
+            await backend.write_final(str(step_id), record, notify=env.notify)

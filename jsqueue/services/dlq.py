@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jsqueue.config import is_job_id
@@ -250,10 +250,28 @@ async def replay(broker: Broker, letter: DeadLetter) -> str:
         raise JsqueueError(
             f"dead letter {letter.job_id} cannot be replayed: its payload is not a job ({exc})"
         ) from None
+    if env.args_object is not None:
+        env = await _with_arguments(broker, letter, env)
     new = replayed(env, _replay_id(env.id, letter.seq))
     await send(broker, new)
     await broker.streams.delete(broker.settings.dlq_stream, letter.seq)
     return new.id
+
+
+async def _with_arguments(broker: Broker, letter: DeadLetter, env: Envelope) -> Envelope:
+    """The job with the large arguments it kept in the object store (they are sent again,
+    under the replay's id)."""
+    assert env.args_object is not None
+    data = await (await broker.objects()).get(env.args_object)
+    if data is None:
+        ttl = broker.settings.result_ttl
+        raise JsqueueError(
+            f"dead letter {letter.job_id} cannot be replayed: its arguments were stored as "
+            f"object {env.args_object}, which has expired (objects are kept for result_ttl, "
+            f"{ttl:g}s)"
+        )
+    whole = decode(data, broker.settings.secret_key)
+    return replace(env, args=whole.args, kwargs=whole.kwargs, args_object=None)
 
 
 def _replay_id(job_id: str, seq: int) -> str:

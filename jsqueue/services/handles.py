@@ -21,10 +21,14 @@ R = TypeVar("R")
 class AsyncResult(Generic[R]):
     """A handle on one job: its id, and its state and outcome once recorded."""
 
-    def __init__(self, app: Deps, job_id: str, task: str | None = None) -> None:
+    def __init__(
+        self, app: Deps, job_id: str, task: str | None = None, *, notified: bool = False
+    ) -> None:
         self.app = app
         self.id = job_id
         self.task = task
+        #: this process sent the job (its worker notifies this process of the outcome)
+        self.notified = notified
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id} task={self.task}>"
@@ -44,7 +48,7 @@ class AsyncResult(Generic[R]):
         Raises :class:`ResultTimeout` if nothing final is recorded within ``timeout`` seconds.
         """
         backend = await self.app.result_backend()
-        outcome = await backend.wait(self.id, timeout)
+        outcome = await backend.wait(self.id, timeout, notified=self.notified)
         value: R = outcome.value(self.app.settings.secret_key)
         return value
 

@@ -18,13 +18,16 @@ from typing import Any, Protocol
 
 from jsqueue.config import Serializer, Settings, check_job_id, check_queue
 from jsqueue.envelope import Envelope, encode, new_job_id
-from jsqueue.errors import ConfigError
+from jsqueue.errors import ConfigError, PayloadTooLarge
 from jsqueue.services.events import enqueued
 from jsqueue.wire import Ack, Broker
 
 MSG_ID = "Nats-Msg-Id"
 SCHEDULE = "Nats-Schedule"
 SCHEDULE_TARGET = "Nats-Schedule-Target"
+#: Bytes kept free below max_payload for the subject and headers; a job larger than that has
+#: its arguments moved to the object store.
+ARGS_SLACK = 4096
 #: A job due sooner than this is published straight to its queue instead of scheduled.
 SCHEDULE_MIN_DELAY = 0.01
 
@@ -157,6 +160,8 @@ def wire_form(settings: Settings, env: Envelope) -> tuple[str, bytes, dict[str, 
 async def send(broker: Broker, env: Envelope) -> Ack:
     """Publish one job and wait until the server stored it."""
     subject, payload, headers = wire_form(broker.settings, env)
+    if len(payload) + ARGS_SLACK > broker.max_payload:
+        subject, payload, headers = await _offload(broker, env, payload)
     ack = await broker.publish(subject, payload, headers)
     if broker.settings.events:
         await enqueued(broker, env)
@@ -165,13 +170,38 @@ async def send(broker: Broker, env: Envelope) -> Ack:
 
 async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> None:
     """Publish many jobs pipelined; return once the server stored every one."""
-    await broker.publish_many([wire_form(broker.settings, env) for env in envelopes])
+    messages = []
+    for env in envelopes:
+        subject, payload, headers = wire_form(broker.settings, env)
+        if len(payload) + ARGS_SLACK > broker.max_payload:
+            subject, payload, headers = await _offload(broker, env, payload)
+        messages.append((subject, payload, headers))
+    await broker.publish_many(messages)
     if broker.settings.events:
         for env in envelopes:
             await enqueued(broker, env)
 
 
+async def _offload(
+    broker: Broker, env: Envelope, payload: bytes
+) -> tuple[str, bytes, dict[str, str]]:
+    """A job too large for one message: the whole envelope goes to the object store, and a
+    small one that names it goes on the queue (the worker loads the arguments from it)."""
+    limit = broker.settings.max_object_size
+    if len(payload) > limit:
+        raise PayloadTooLarge(
+            f"the job is {len(payload)} bytes: over the server's max_payload "
+            f"({broker.max_payload}) a job's arguments go to the object store, up to "
+            f"max_object_size ({limit}); pass a reference (a URL or key) instead of the data"
+        )
+    name = f"args.{env.id}"
+    await (await broker.objects()).put(name, payload)
+    return wire_form(broker.settings, replace(env, args=(), kwargs={}, args_object=name))
+
+
 def replayed(env: Envelope, job_id: str) -> Envelope:
     """A copy of a dead-lettered job under ``job_id`` that records the original's id; it runs
     now and does not expire."""
-    return replace(env, id=job_id, created=time.time(), eta=None, expires=None, replay_of=env.id)
+    return replace(
+        env, id=job_id, created=time.time(), eta=None, expires=None, replay_of=env.id, notify=None
+    )

@@ -1,104 +1,46 @@
 """Job states and results in a JetStream KV bucket, and the revocations written beside them.
 
-One record per job id. Final outcomes (SUCCESS, FAILURE, DEAD, EXPIRED, REVOKED) are written
-with KV ``create`` / ``update(last=revision)`` so that the first one recorded wins: a late duplicate
-execution cannot overwrite it. Waiting is pushed, not polled: one watch of the bucket per app and
-event loop serves every waiting ``AsyncResult.get`` (:mod:`jsqueue.services.handles`).
+One record per job id (see :mod:`jsqueue.services.records`). Final outcomes (SUCCESS, FAILURE,
+DEAD, EXPIRED, REVOKED) are written with KV ``create`` / ``update(last=revision)`` so that the
+first one recorded wins: a late duplicate execution cannot overwrite it. Whoever writes a final
+record tells the job's sender (:mod:`jsqueue.services.waiting`); a record too large for the bucket
+lives in the object store, named in a small record.
 Revoking records REVOKED as the final state and adds the id to the ``<prefix>_revoked`` bucket,
 which every worker watches (:class:`RevokedSet`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
-from jsqueue.envelope import pickle_value, to_json, unpickle_value
-from jsqueue.errors import DecodeError, ResultTimeout, TaskFailed
+from jsqueue.envelope import decode
+from jsqueue.errors import DecodeError, JsqueueError
+from jsqueue.services.records import (
+    FINAL_STATES,
+    JobState,
+    Outcome,
+    parse_record,
+    state_record,
+    success_record,
+)
+from jsqueue.services.waiting import Waiters
 from jsqueue.wire import Broker, KeyExists, KvStore
 
+__all__ = [
+    "FINAL_STATES",
+    "JobState",
+    "Outcome",
+    "ResultBackend",
+    "RevokedSet",
+    "parse_record",
+    "state_record",
+    "success_record",
+]
+
 log = logging.getLogger("jsqueue.services.results")
-
-
-class JobState(enum.StrEnum):
-    """Where a job stands. PENDING means unknown or queued."""
-
-    PENDING = "PENDING"
-    STARTED = "STARTED"
-    RETRY = "RETRY"
-    SUCCESS = "SUCCESS"
-    FAILURE = "FAILURE"
-    DEAD = "DEAD"
-    EXPIRED = "EXPIRED"
-    REVOKED = "REVOKED"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATES
-
-    def __str__(self) -> str:
-        return self.value
-
-
-FINAL_STATES = frozenset(
-    {JobState.SUCCESS, JobState.FAILURE, JobState.DEAD, JobState.EXPIRED, JobState.REVOKED}
-)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A decoded result record."""
-
-    job_id: str
-    state: JobState
-    record: dict[str, Any]
-
-    def value(self, secret_key: bytes | None) -> Any:
-        """The return value, or raise :class:`TaskFailed` for a failed job."""
-        if self.state is JobState.SUCCESS:
-            if "pickle" in self.record:
-                return unpickle_value(self.record, secret_key, bind=self.job_id, raw=b"")
-            return self.record.get("result")
-        error = self.record.get("error") or {}
-        raise TaskFailed(
-            str(self.record.get("failed_job", self.job_id)),
-            str(error.get("type", self.state.value.title())),
-            str(error.get("message", f"job is {self.state.value}")),
-            str(error.get("traceback", "")),
-            state=self.state.value,
-        )
-
-
-def parse_record(job_id: str, data: bytes) -> Outcome:
-    try:
-        record = json.loads(data)
-        return Outcome(job_id, JobState(record["state"]), record)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DecodeError(f"result record of {job_id} is unreadable: {exc!r}", raw=data) from None
-
-
-def success_record(
-    job_id: str, value: Any, serializer: str, secret_key: bytes | None, **fields: Any
-) -> bytes:
-    """Encode a SUCCESS record; :class:`SerializeError` if the value cannot be."""
-    record: dict[str, Any] = {"state": JobState.SUCCESS.value, **fields}
-    what = f"the return value of {fields.get('task', 'the task')}"
-    if serializer == "cloudpickle":
-        record.update(pickle_value(value, secret_key, bind=job_id, what=what))
-    else:
-        record["result"] = value
-    return to_json(record, what=what)
-
-
-def state_record(state: JobState, **fields: Any) -> bytes:
-    """Encode a record without a return value (STARTED, RETRY, FAILURE, DEAD, ...)."""
-    return json.dumps({"state": state.value, **fields}, default=str).encode()
 
 
 class ResultBackend:
@@ -107,22 +49,38 @@ class ResultBackend:
     def __init__(self, broker: Broker, store: KvStore) -> None:
         self.broker = broker
         self.store = store
-        self._waiters: dict[str, list[asyncio.Future[Outcome]]] = {}
-        self._unwatch: Callable[[], Any] | None = None
-        self._watch_lock = asyncio.Lock()
+        self.waiters = Waiters(self)
 
     @classmethod
     async def open(cls, broker: Broker) -> ResultBackend:
         store = await broker.kv("results", ttl=broker.settings.result_ttl)
         backend = cls(broker, store)
-        broker.on_reconnect(backend._recheck_waiters)
+        broker.on_reconnect(backend.waiters.recheck)
         return backend
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def write_final(self, job_id: str, data: bytes) -> Outcome | None:
-        """Record a final outcome unless one is already recorded; return that one if so."""
-        return await self.broker.riding_elections(self._write_final, job_id, data)
+    async def write_final(
+        self, job_id: str, data: bytes, *, notify: str | None = None
+    ) -> Outcome | None:
+        """Record a final outcome unless one is already recorded; return that one if so.
+
+        ``notify`` (a job's notify subject) is told the outcome that stands, ours or the one
+        before it.
+        """
+        existing = await self.broker.riding_elections(self._write_final, job_id, data)
+        if notify is not None:
+            winner = data if existing is None else json.dumps(existing.record).encode()
+            await self.notify(notify, job_id, winner)
+        return existing
+
+    async def notify(self, subject: str, job_id: str, record: bytes) -> None:
+        """Tell a waiting process that ``job_id`` has this final record (best effort: its
+        waits also re-read the key)."""
+        try:
+            await self.broker.publish_core(subject, job_id.encode() + b"\n" + record)
+        except JsqueueError as exc:
+            log.debug("notifying %s of %s failed: %s", subject, job_id, exc)
 
     async def _write_final(self, job_id: str, data: bytes) -> Outcome | None:
         try:
@@ -174,69 +132,35 @@ class ResultBackend:
     async def forget(self, job_id: str) -> None:
         await self.store.delete(job_id)
 
-    async def wait(self, job_id: str, timeout: float | None) -> Outcome:
-        """The final outcome of ``job_id``, pushed by the shared watch."""
-        await self._ensure_watch()
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(job_id, []).append(future)
-        try:
-            current = await self.read(job_id)  # it may have finished before we watched
-            if current is not None and current.state.is_final:
-                return current
-            try:
-                return await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                raise ResultTimeout(f"job {job_id} has no outcome after {timeout}s") from None
-        finally:
-            waiters = self._waiters.get(job_id)
-            if waiters is not None:
-                waiters.remove(future)
-                if not waiters:
-                    del self._waiters[job_id]
+    async def wait(self, job_id: str, timeout: float | None, *, notified: bool = False) -> Outcome:
+        """The final outcome of ``job_id`` (see :mod:`jsqueue.services.waiting`), with a large
+        record loaded from the object store."""
+        outcome = await self.waiters.wait(job_id, timeout, notified=notified)
+        return await self.resolve(outcome, timeout)
+
+    async def resolve(self, outcome: Outcome, timeout: float | None = None) -> Outcome:
+        """``outcome`` with its record loaded from the object store if it was too large for
+        the bucket; :class:`JsqueueError` if that object is gone."""
+        name = outcome.record.get("object")
+        if outcome.state is not JobState.SUCCESS or not isinstance(name, str):
+            return outcome
+        data = await (await self.broker.objects()).get(name, timeout)
+        if data is None:
+            raise JsqueueError(
+                f"the result of job {outcome.job_id} was stored as object {name}, which is gone "
+                f"(objects are kept for result_ttl, {self.broker.settings.result_ttl:g}s)"
+            )
+        return parse_record(outcome.job_id, data)
 
     @property
     def waiting(self) -> int:
         """How many ``get()`` calls are waiting (for tests of bounded memory)."""
-        return sum(len(w) for w in self._waiters.values())
+        return self.waiters.waiting
 
     @property
     def watching(self) -> bool:
-        """Whether the shared watch of the bucket is open."""
-        return self._unwatch is not None
-
-    async def _ensure_watch(self) -> None:
-        if self._unwatch is not None:
-            return
-        async with self._watch_lock:
-            if self._unwatch is None:
-                self._unwatch = await self.broker.riding_elections(
-                    self.store.watch_new, self._on_update
-                )
-
-    async def _on_update(self, key: str, value: bytes | None, revision: int) -> None:
-        waiters = self._waiters.get(key)
-        if not waiters or value is None:
-            return
-        try:
-            outcome = parse_record(key, value)
-        except DecodeError as exc:
-            log.warning("%s", exc)
-            return
-        if outcome.state.is_final:
-            for future in waiters:
-                if not future.done():
-                    future.set_result(outcome)
-
-    async def _recheck_waiters(self) -> None:
-        """After a reconnect, read every awaited record in case an update was missed."""
-        for job_id in list(self._waiters):
-            try:
-                outcome = await self.read(job_id)
-            except Exception as exc:  # a second outage: the next reconnect rechecks
-                log.debug("recheck of %s failed: %r", job_id, exc)
-                return
-            if outcome is not None:
-                await self._on_update(job_id, json.dumps(outcome.record).encode(), 0)
+        """Whether this process listens for the outcomes of the jobs it sent."""
+        return self.waiters.listening
 
     # -- revocation ---------------------------------------------------------------------------
 
@@ -260,16 +184,20 @@ class ResultBackend:
         note = {"at": time.time(), "terminate": terminate}
         await (await self.revocations()).put(job_id, json.dumps(note).encode())
         s = self.broker.settings
-        await self.broker.streams.purge(s.jobs_stream, s.schedule_subject("*", job_id))
+        subject = s.schedule_subject("*", job_id)
+        scheduled = await self.broker.streams.get(s.jobs_stream, 1, subject=subject, next_=True)
+        await self.broker.streams.purge(s.jobs_stream, subject)
+        if scheduled is not None:  # no worker will see it: tell its sender here
+            try:
+                notify = decode(scheduled.data, s.secret_key).notify
+            except DecodeError:
+                notify = None
+            if notify is not None:
+                await self.notify(notify, job_id, record)
         return True
 
     async def close(self) -> None:
-        unwatch, self._unwatch = self._unwatch, None
-        if unwatch is not None:
-            try:
-                await unwatch()
-            except Exception as exc:  # closing a dead connection
-                log.debug("unwatch failed: %r", exc)
+        await self.waiters.close()
 
 
 def _wants_terminate(value: bytes) -> bool:

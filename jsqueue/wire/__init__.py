@@ -8,6 +8,7 @@ from jsqueue.wire.acks import Ack
 from jsqueue.wire.broker import Broker
 from jsqueue.wire.errors import translate
 from jsqueue.wire.kv import Entry, KeyExists, KvStore
+from jsqueue.wire.objects import ObjectStore
 from jsqueue.wire.pull import Delivery, Puller
 from jsqueue.wire.streams import ConsumerState, StoredMessage, StreamState
 
@@ -19,6 +20,7 @@ __all__ = [
     "Entry",
     "KeyExists",
     "KvStore",
+    "ObjectStore",
     "Puller",
     "StoredMessage",
     "StreamState",

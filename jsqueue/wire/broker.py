@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from jsqueue.wire.acks import Ack
 from jsqueue.wire.connection import Connection
 from jsqueue.wire.errors import NOT_READY, riding_elections, translated, while_electing
 from jsqueue.wire.kv import KvStore
+from jsqueue.wire.objects import ObjectStore
 from jsqueue.wire.provision import Provisioner
 from jsqueue.wire.publish import Publisher
 from jsqueue.wire.pull import Delivery, Puller
@@ -35,7 +37,9 @@ T = TypeVar("T")
 class Broker:
     """A connected NATS client with JetStream, bound to the event loop it connected in."""
 
-    def __init__(self, settings: Settings, *, client_name: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, client_name: str | None = None, notify_token: str = ""
+    ) -> None:
         self.settings = settings
         self.client_name = client_name or settings.name
         self._connection: Connection | None = None
@@ -43,7 +47,12 @@ class Broker:
         self._provisioner: Provisioner | None = None
         self._streams: Streams | None = None
         self._kv: dict[str, KvStore] = {}
+        self._objects: ObjectStore | None = None
         self.lost = asyncio.Event()
+        #: where workers tell this process that a job it sent has an outcome (the app's, so it
+        #: stays the same across its connections)
+        token = notify_token or uuid.uuid4().hex[:16]
+        self.notify_subject = f"{settings.notify_prefix}.{token}"
 
     # -- connection ------------------------------------------------------------------------
 
@@ -102,6 +111,7 @@ class Broker:
             await publisher.close()
         connection, self._connection = self._connection, None
         self._kv.clear()
+        self._objects = None
         self._provisioner = self._streams = None
         if connection is not None:
             await connection.close()
@@ -196,6 +206,22 @@ class Broker:
             self._kv[purpose] = store
         return store
 
+    async def objects(self) -> ObjectStore:
+        """The object store ``<prefix>_objects`` (created if needed), kept as long as results."""
+        if self._objects is None:
+            s = self.settings
+            opening = functools.partial(
+                ObjectStore.open,
+                self.connection.jetstream,
+                s.object_bucket,
+                ttl=s.result_ttl,
+                replicas=s.replicas,
+                create=s.provision,
+                timeout=4 * s.publish_timeout,
+            )
+            self._objects = await self._ride("opening the object store", opening)
+        return self._objects
+
     async def _ride(self, doing: str, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
             async for attempt in while_electing(3 * self.settings.request_timeout):
@@ -268,4 +294,5 @@ class Broker:
         """Delete every stream and KV bucket of this app's prefix (tests and resets)."""
         await self.streams.destroy_prefix()
         self._kv.clear()
+        self._objects = None
         self._provisioner = Provisioner(self.connection, self.settings)  # consumers went too

@@ -228,9 +228,10 @@ class KvStore:
         callback: Callable[[str, bytes | None, int], Awaitable[None]],
         *,
         replay: bool = False,
+        key: str = ">",
     ) -> Callable[[], Awaitable[None]]:
         """Call ``callback(key, value or None if deleted, revision)`` for every write from now
-        (with ``replay``, first for the current value of every key).
+        to keys matching ``key`` (with ``replay``, first for the current value of each).
 
         One ordered consumer, however many keys are awaited; it resumes across reconnects.
         """
@@ -242,7 +243,7 @@ class KvStore:
             await callback(msg.subject[len(prefix) :], value, msg.metadata.sequence.stream)
 
         sub = await self._js.subscribe(
-            f"{prefix}>",
+            f"{prefix}{key}",
             stream=self.stream,
             cb=on_msg,
             ordered_consumer=True,

@@ -169,7 +169,8 @@ class Streams:
     async def destroy_prefix(self) -> None:
         """Delete every stream and KV bucket of this app's prefix (tests and resets)."""
         s = self.settings
-        for name in [s.jobs_stream, s.dlq_stream, *(f"KV_{s.bucket(b)}" for b in BUCKETS)]:
+        kv = [f"KV_{s.bucket(b)}" for b in BUCKETS]
+        for name in [s.jobs_stream, s.dlq_stream, *kv, f"OBJ_{s.object_bucket}"]:
             await self.delete_stream(name)
 
 

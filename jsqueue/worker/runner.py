@@ -19,8 +19,8 @@ from types import FrameType
 
 from jsqueue import outcome
 from jsqueue.app import App
-from jsqueue.config import is_job_id, shorten
-from jsqueue.envelope import decode, peek, sent_id
+from jsqueue.config import shorten
+from jsqueue.envelope import decode
 from jsqueue.errors import (
     ArgumentsError,
     DecodeError,
@@ -29,14 +29,12 @@ from jsqueue.errors import (
     PoolClosed,
     ResultTooLarge,
     SerializeError,
-    SignatureError,
     Terminated,
     WorkerLost,
 )
 from jsqueue.hooks import Hooks, JobEvent, emit
 from jsqueue.outcome import Action, Plan, Reason, Record
 from jsqueue.services.continuation import has_followers
-from jsqueue.services.producer import MSG_ID
 from jsqueue.services.results import (
     JobState,
     Outcome,
@@ -46,6 +44,7 @@ from jsqueue.services.results import (
     success_record,
 )
 from jsqueue.wire import Broker, Delivery
+from jsqueue.worker import intake
 from jsqueue.worker.execute import TaskExecutor
 from jsqueue.worker.settle import Job, Settler, WorkerStats, is_transient, times
 
@@ -53,10 +52,6 @@ log = logging.getLogger("jsqueue.worker")
 
 __all__ = ["JobRunner", "WorkerStats"]
 
-#: Times a job's worker must die while the job runs alone before the job is blamed: a worker
-#: SIGKILLed from outside (a deploy, the OOM killer) once while a suspect ran alone must not be
-#: taken for the suspect's doing.
-CRASHES_ALONE = 3
 #: Bytes a result record may take below the server's max_payload (subject, headers, framing).
 _RECORD_SLACK = 1024
 
@@ -124,15 +119,28 @@ class JobRunner:
 
     async def _plan(self, job: Job) -> Plan:
         delivery = job.delivery
+        settings = self.app.settings
         try:
             env = decode(delivery.data, self.app.settings.secret_key)
         except DecodeError as exc:
-            return self._undecodable(job, exc)
+            return intake.undecodable(job, exc)
         job.env, job.job_id, job.task_name = env, env.id, env.task
         job.task = self.app.tasks.get(env.task)
+        if env.notify is not None and not env.notify.startswith(settings.notify_prefix + "."):
+            job.error = MalformedError(
+                f"envelope is malformed: field 'notify': {shorten(env.notify)} is not a notify "
+                f"subject of this app ({settings.notify_prefix}.<token>)",
+                raw=delivery.data,
+            )
+            job.env = None  # nothing of it is trusted: no follow-ups, no notice
+            return outcome.dead(Reason.MALFORMED, followers=False)
+        if env.args_object is not None:
+            loaded = await intake.arguments(self.broker, self.app.settings, job, env)
+            if loaded is None:
+                return outcome.dead(Reason.ARGUMENTS_LOST, followers=has_followers(env))
+            job.env = env = loaded
         followers = has_followers(env)
         attempt = delivery.attempt
-        settings = self.app.settings
         running_here = self._settled.get(env.id)
         if running_here is not None:  # a redelivery of a job this worker runs now
             await running_here.wait()
@@ -171,9 +179,9 @@ class JobRunner:
         except ArgumentsError as exc:
             job.error = exc
             return outcome.dead(Reason.WRONG_ARGUMENTS, followers=followers)
-        if attempt > 1 and self.executor.in_worker(task) and _suspect(recorded):
-            crashes = _crashes_alone(recorded, attempt - 1)
-            if crashes >= CRASHES_ALONE:
+        if attempt > 1 and self.executor.in_worker(task) and intake.suspect(recorded):
+            crashes = intake.crashes_alone(recorded, attempt - 1)
+            if crashes >= intake.CRASHES_ALONE:
                 return self._killed_its_worker(job, recorded)
             job.alone = True
             job.crashes_alone = crashes
@@ -190,7 +198,7 @@ class JobRunner:
         attempt = job.delivery.attempt - 1
         job.error = WorkerLost(
             f"{env.task}[{env.id}] killed its worker ({worker} last): a worker died each of the "
-            f"{CRASHES_ALONE} times the job ran alone there (up to delivery {attempt})"
+            f"{intake.CRASHES_ALONE} times the job ran alone there (up to delivery {attempt})"
         )
         job.crashed = True
         followers = has_followers(env)
@@ -205,23 +213,6 @@ class JobRunner:
         if plan.action is Action.DEAD_LETTER:
             return outcome.dead(Reason.CRASH_LOOP, followers=followers)
         return plan
-
-    def _undecodable(self, job: Job, exc: DecodeError) -> Plan:
-        """A message that is no job: dead-letter it under the best id it has."""
-        job.error = exc
-        job.job_id, job.task_name = peek(job.delivery.data)
-        if job.job_id is None:
-            sent = job.delivery.headers.get(MSG_ID)
-            if is_job_id(sent):
-                job.job_id = sent
-        if isinstance(exc, SignatureError):
-            return outcome.dead(Reason.BAD_SIGNATURE, followers=False)
-        if isinstance(exc, MalformedError):
-            given = sent_id(job.delivery.data)
-            if given is not None and not is_job_id(given):
-                job.given_id = shorten(given, 200)
-            return outcome.dead(Reason.MALFORMED, followers=False)
-        return outcome.dead(Reason.UNDECODABLE, followers=False)
 
     async def _recorded(self, job_id: str) -> Outcome | None:
         """What is recorded for ``job_id``, or None."""
@@ -293,14 +284,29 @@ class JobRunner:
         except SerializeError as exc:
             job.error = exc
             return Reason.UNSERIALIZABLE_RESULT
-        limit = self.broker.max_payload - _RECORD_SLACK
-        if len(job.result) > limit:
+        if len(job.result) <= self.broker.max_payload - _RECORD_SLACK:
+            return None
+        cap = self.app.settings.max_object_size
+        if len(job.result) > cap:
             job.error = ResultTooLarge(
-                f"the return value of {env.task} encodes to {len(job.result)} bytes; the result "
-                f"store takes at most {limit} (the server's max_payload); return a reference "
-                "(a URL, a key) instead, or set ignore_result=True"
+                f"the return value of {env.task} encodes to {len(job.result)} bytes, over "
+                f"max_object_size ({cap}); return a reference (a URL, a key) instead, raise "
+                "max_object_size, or set ignore_result=True"
             )
             return Reason.RESULT_TOO_LARGE
+        # too large for the bucket: the record goes to the object store, named per attempt
+        # (a second put under one name would replace the first), and a small record names it
+        name = f"results.{env.id}.{job.delivery.attempt}"
+        job.result_object, job.result_full = name, job.result
+        job.result = state_record(
+            JobState.SUCCESS,
+            object=name,
+            size=len(job.result_full),
+            task=env.task,
+            attempts=job.delivery.attempt,
+            worker=self.id,
+            **times(job.started),
+        )
         return None
 
     @staticmethod
@@ -343,22 +349,3 @@ class JobRunner:
             worker=self.id,
         )
         await emit(self.hooks, event)
-
-
-def _suspect(recorded: Outcome | None) -> bool:
-    """Whether a job delivered again may have killed its worker: not if it was given back to
-    wait out a retry its task asked for (a RETRY record from an exception it raised)."""
-    if recorded is None or recorded.state is not JobState.RETRY:
-        return True
-    return bool(recorded.record.get("crashed"))
-
-
-def _crashes_alone(recorded: Outcome | None, delivery: int) -> int:
-    """How many times in a row the job's worker died while it ran alone: one more than its
-    record says if delivery ``delivery`` started alone and never settled, else 0."""
-    if recorded is None or recorded.state is not JobState.STARTED:
-        return 0
-    if recorded.record.get("alone") != delivery:
-        return 0
-    before = recorded.record.get("crashes_alone", 0)
-    return (before if isinstance(before, int) else 0) + 1

@@ -102,6 +102,9 @@ class Job:
     remote_traceback: str = ""
     #: the encoded SUCCESS record
     result: bytes | None = None
+    #: the object holding the whole SUCCESS record when it is too large for the bucket
+    result_object: str | None = None
+    result_full: bytes = b""
     #: why a job is skipped (expired, revoked, already recorded)
     why: str = ""
     #: what the log line adds after the outcome
@@ -169,8 +172,14 @@ class Settler:
     async def _record_success(self, job: Job, plan: Plan) -> Plan:
         assert job.job_id is not None
         assert job.result is not None
+        notify = job.env.notify if job.env else None
         try:
-            await self.results.write_final(job.job_id, job.result)
+            if job.result_object is not None:
+                objects = await self.broker.objects()
+                await objects.put(job.result_object, job.result_full)
+            lost = await self.results.write_final(job.job_id, job.result, notify=notify)
+            if lost is not None and job.result_object is not None:
+                await objects.delete(job.result_object)  # the first outcome stands, not ours
             return plan
         except Exception as exc:
             if is_transient(exc):
@@ -232,7 +241,8 @@ class Settler:
                 if plan.record is Record.RETRY:
                     await self.results.write_progress(job.job_id, data)
                 else:
-                    await self.results.write_final(job.job_id, data)
+                    notify = job.env.notify if job.env else None
+                    await self.results.write_final(job.job_id, data, notify=notify)
                 return
             except Exception as exc:
                 if is_transient(exc):

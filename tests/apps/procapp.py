@@ -125,3 +125,8 @@ def reports_then_waits(marks: str) -> str:
     mark(marks, "reported")
     time.sleep(3)
     return "done"
+
+
+@app.task
+async def echo(i: int) -> int:
+    return i

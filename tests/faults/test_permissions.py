@@ -31,8 +31,9 @@ def producer_permissions(prefix: str, results: bool) -> str:
             "$JS.FC.>",
         ]
     allow = ", ".join(f'"{s}"' for s in publish)
+    subscribe = '"_INBOX.>"' + (f', "{prefix}.notify.>"' if results else "")
     return (
-        f'permissions: {{ publish: {{ allow: [{allow}] }}, subscribe: {{ allow: ["_INBOX.>"] }} }}'
+        f"permissions: {{ publish: {{ allow: [{allow}] }}, subscribe: {{ allow: [{subscribe}] }} }}"
     )
 
 
@@ -41,6 +42,7 @@ def worker_permissions(prefix: str) -> str:
     publish = [
         f"{prefix}.>",
         *(f"$KV.{prefix}_{bucket}.>" for bucket in BUCKETS),
+        f"$O.{prefix}_objects.>",
         "$JS.API.>",
         f"$JS.ACK.{prefix.upper()}_JOBS.>",
         "$JS.FC.>",

@@ -29,3 +29,20 @@ async def faulty(
         yield module.app
     finally:
         await destroy(module.app)
+
+
+@pytest.fixture
+async def procapp(
+    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[App]:
+    """The app as the test process sees it; its workers are processes with the same prefix."""
+    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
+    monkeypatch.syspath_prepend(str(ROOT))
+    import tests.apps.procapp as module
+
+    module = importlib.reload(module)
+    module.app.configure(url=nats_server.url)
+    try:
+        yield module.app
+    finally:
+        await destroy(module.app)

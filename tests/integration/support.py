@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jsqueue import App
 from jsqueue.testing import Process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,3 +48,27 @@ def worker_process(url: str, prefix: str, tmp: Path, *args: str, **env: str) -> 
         log_dir=tmp,
         name="worker",
     )
+
+
+def procapp_worker(
+    app: App, tmp: Path, *args: str, name: str = "worker", ack_wait: float = 5
+) -> Process:
+    return Process.jsqueue(
+        "worker",
+        "-A",
+        "tests.apps.procapp:app",
+        "--url",
+        str(app.settings.url),
+        *args,
+        env={"JSQ_TEST_PREFIX": app.settings.prefix, "JSQ_TEST_ACK_WAIT": str(ack_wait)},
+        cwd=ROOT,
+        log_dir=tmp,
+        name=name,
+    )
+
+
+def starts(marks: Path, job_id: str) -> list[tuple[int, float, int]]:
+    """(pid, time, attempt) of each start a task marked."""
+    path = marks / f"{job_id}.start"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(int(p), float(t), int(a)) for p, t, a in (line.split() for line in lines)]

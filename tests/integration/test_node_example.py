@@ -22,8 +22,8 @@ from jsonschema import Draft202012Validator
 from jsqueue import App
 from jsqueue.config import BUCKETS
 from jsqueue.schemas import load
-from jsqueue.server import NatsServer
 from jsqueue.testing import destroy, running_worker
+from jsqueue.wire.server import NatsServer
 
 from .support import ROOT
 
@@ -110,7 +110,7 @@ async def node(app: App, script: str, *args: str, url: str | None = None) -> Ran
 async def check_stored(app: App, subject: str) -> None:
     """The job the Node producer stored on ``subject`` is what the envelope schema says."""
     broker = await app.broker()
-    [msg] = await broker.messages(app.settings.jobs_stream, subject)
+    [msg] = await broker.streams.messages(app.settings.jobs_stream, subject)
     doc = json.loads(msg.data)
     ENVELOPE.validate(doc)
     assert msg.headers["Nats-Msg-Id"] == doc["id"]

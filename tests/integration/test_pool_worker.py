@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -19,51 +17,12 @@ import pytest
 from jsqueue import App, TaskFailed
 from jsqueue.services import dlq as dead_letters
 from jsqueue.services.status import workers
-from jsqueue.testing import Process, destroy, wait_until
-from jsqueue.wire.server import NatsServer
+from jsqueue.testing import wait_until
 
-from .support import ROOT, jsqueue
+from .support import jsqueue, starts
+from .support import procapp_worker as worker
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def procapp(
-    nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[App]:
-    """The app as the test process sees it; its workers are processes with the same prefix."""
-    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
-    monkeypatch.syspath_prepend(str(ROOT))
-    import tests.apps.procapp as module
-
-    module = importlib.reload(module)
-    module.app.configure(url=nats_server.url)
-    try:
-        yield module.app
-    finally:
-        await destroy(module.app)
-
-
-def worker(app: App, tmp: Path, *args: str, name: str = "worker", ack_wait: float = 5) -> Process:
-    return Process.jsqueue(
-        "worker",
-        "-A",
-        "tests.apps.procapp:app",
-        "--url",
-        str(app.settings.url),
-        *args,
-        env={"JSQ_TEST_PREFIX": app.settings.prefix, "JSQ_TEST_ACK_WAIT": str(ack_wait)},
-        cwd=ROOT,
-        log_dir=tmp,
-        name=name,
-    )
-
-
-def starts(marks: Path, job_id: str) -> list[tuple[int, float, int]]:
-    """(pid, time, attempt) of each start a task marked."""
-    path = marks / f"{job_id}.start"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [(int(p), float(t), int(a)) for p, t, a in (line.split() for line in lines)]
 
 
 def task(app: App, name: str) -> object:

@@ -26,8 +26,8 @@ from jsqueue import App, JobState, Reject, Retry, TaskFailed, chain, chord, grou
 from jsqueue.envelope import decode
 from jsqueue.errors import DecodeError, MalformedError
 from jsqueue.schemas import NAMES, load
-from jsqueue.streams import StoredMessage
 from jsqueue.testing import burst, running_worker, wait_state
+from jsqueue.wire.streams import StoredMessage
 
 ENVELOPE = Draft202012Validator(load("envelope"))
 RESULT = Draft202012Validator(load("result"))
@@ -43,7 +43,7 @@ def assert_valid(validator: Draft202012Validator, doc: Any) -> None:
 async def stored(app: App, subject: str) -> list[StoredMessage]:
     """Every message on ``subject`` in the jobs stream, as the server stored it."""
     broker = await app.broker()
-    return await broker.messages(app.settings.jobs_stream, subject)
+    return await broker.streams.messages(app.settings.jobs_stream, subject)
 
 
 async def record(app: App, job_id: str) -> dict[str, Any]:
@@ -59,7 +59,7 @@ async def letters(app: App) -> dict[str, tuple[dict[str, Any], StoredMessage]]:
     """Every dead letter's record (validated), by job id, with the stored message."""
     broker = await app.broker()
     found = {}
-    for msg in await broker.messages(app.settings.dlq_stream, app.settings.dlq_subjects):
+    for msg in await broker.streams.messages(app.settings.dlq_stream, app.settings.dlq_subjects):
         if msg.headers.get("Jsq-Dead-Letter-Format") == "body":
             assert "Jsq-Dead-Letter" not in msg.headers
             meta = json.loads(msg.data.partition(b"\n")[0])

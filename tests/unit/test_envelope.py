@@ -159,7 +159,14 @@ MALFORMED = [
     ({"chord": {"id": "c", "index": True, "size": 2}}, "field 'chord.index'"),
     ({"headers": {"a": 1}}, "field 'headers'"),
     ({"headers": "x"}, "field 'headers'"),
+    ({"link": [{"task": "t", "options": {"countdown": -1}}]}, "at least 0"),
 ]
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", 2, None])
+def test_only_the_integer_1_is_version_1(version: object) -> None:
+    with pytest.raises(DecodeError, match="is not understood by this worker"):
+        decode(json.dumps({"v": version, "id": "x", "task": "t"}).encode())
 
 
 @pytest.mark.parametrize(("change", "match"), MALFORMED)

@@ -51,13 +51,15 @@ class Results:
         self.log = log
         self.records: dict[str, dict[str, Any]] = {}
 
-    async def write_final(self, job_id: str, data: bytes) -> None:
+    async def write_final(self, job_id: str, data: bytes, notify: str | None = None) -> None:
         state = json.loads(data)["state"]
-        self.log.do(f"record {state}")
+        self.log.do(f"record {state}" + (f" notify {notify}" if notify else ""))
         self.records[job_id] = json.loads(data)
 
     async def write_progress(self, job_id: str, data: bytes) -> None:
-        await self.write_final(job_id, data)
+        state = json.loads(data)["state"]
+        self.log.do(f"record {state}")
+        self.records[job_id] = json.loads(data)
 
 
 class Delivery:
@@ -101,8 +103,14 @@ def settler(log: Log, monkeypatch: pytest.MonkeyPatch) -> Settler:
     return Settler(App("unit"), "w1", Broker(log), Results(log), [], WorkerStats())  # type: ignore[arg-type]
 
 
-def job(log: Log, *, payload: bytes | None = None, error: BaseException | None = None) -> Job:
-    env = Envelope(id="j1", task="t.add", link=({"task": "t.next"},))
+def job(
+    log: Log,
+    *,
+    payload: bytes | None = None,
+    error: BaseException | None = None,
+    notify: str | None = None,
+) -> Job:
+    env = Envelope(id="j1", task="t.add", link=({"task": "t.next"},), notify=notify)
     data = payload if payload is not None else encode(env)
     new = Job(Delivery(log, data), env=env, job_id="j1", task_name="t.add")  # type: ignore[arg-type]
     new.result = b'{"state":"SUCCESS","result":3}'
@@ -222,3 +230,12 @@ def _stored(settler: Settler) -> Any:
 
     body, headers = settler.broker.letters[-1]  # type: ignore[attr-defined]
     return StoredMessage(1, "jsq.dlq.default", body, headers)
+
+
+async def test_final_records_tell_the_sender_and_retries_do_not(log: Log, settler: Settler) -> None:
+    plan = decide(None, attempt=1, max_deliver=3, policy=None, followers=False)
+    await settler.settle(job(log, notify="jsq.notify.abc"), plan)
+    assert log == ["record SUCCESS notify jsq.notify.abc", "ack"]
+    log.clear()
+    await settler.settle(job(log, error=OSError("x"), notify="jsq.notify.abc"), retry(1))
+    assert log == ["record RETRY", "nak 1"]
