@@ -2,7 +2,7 @@
 
 from jsqueue.app import App
 from jsqueue.beat import run_beat
-from jsqueue.canvas import chain, chord, group
+from jsqueue.canvas import Signature, chain, chord, group
 from jsqueue.context import JobContext, current_job
 from jsqueue.errors import (
     ArgumentsError,
@@ -30,7 +30,6 @@ from jsqueue.errors import (
 from jsqueue.retry import RetryPolicy
 from jsqueue.services.handles import AsyncResult, GroupResult
 from jsqueue.services.results import JobState
-from jsqueue.signature import Signature
 from jsqueue.task import Task
 from jsqueue.worker import run_worker
 

@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from typing_extensions import Unpack
 
+from jsqueue.canvas import Signature
 from jsqueue.config import Serializer, Settings, SettingsKwargs, check_job_id
 from jsqueue.errors import ConfigError, NotRegistered
 from jsqueue.hooks import Hooks
@@ -31,7 +32,6 @@ from jsqueue.schedule import Cron, Every, Schedule
 from jsqueue.services.handles import AsyncResult
 from jsqueue.services.producer import Route
 from jsqueue.services.results import ResultBackend
-from jsqueue.signature import Signature
 from jsqueue.sync import LoopThread
 from jsqueue.task import Task, TaskOptions
 from jsqueue.wire import Broker

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsqueue import progress
 from jsqueue.envelope import Envelope
 from jsqueue.errors import JsqueueError
+
+#: where a running job's progress reports go (its worker, by way of a pool child's channel)
+Sink = Callable[[progress.Progress], None]
+#: ``on_report(job_id, kind, data)``: how a pool hands the worker what a running job reported
+ReportCallback = Callable[[str, str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -24,18 +31,30 @@ class JobContext:
     root_id: str | None = None
     eta: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    sink: Sink | None = field(default=None, repr=False, compare=False)
+
+    def progress(self, done: float, total: float | None = None, **info: Any) -> None:
+        """Report how far the job is: ``done`` of ``total``, with ``info`` (small JSON).
+
+        Call it as often as you like: the worker records the latest report at most about once
+        a second, where ``await job.progress()``, ``jsqueue inspect job`` and the "progress"
+        event show it. ``ValueError``/``TypeError`` for a report that is not numbers and JSON.
+        """
+        report = progress.report(done, total, **info)
+        if self.sink is not None:
+            self.sink(report)
 
 
-#: What the worker knows while a task runs: (envelope, attempt, worker id). The JobContext is
-#: built only when the task asks for it, so jobs that never call current_job() pay nothing.
-_Running = tuple[Envelope, int, str]
+#: What the worker knows while a task runs: (envelope, attempt, worker id, progress sink). The
+#: JobContext is built only when the task asks for it: jobs that never ask pay nothing.
+_Running = tuple[Envelope, int, str, Sink | None]
 _current: contextvars.ContextVar[_Running] = contextvars.ContextVar("jsqueue_current_job")
 
 
 def current_job() -> JobContext:
     """The job the calling task runs for; an error outside a task."""
     try:
-        env, attempt, worker = _current.get()
+        env, attempt, worker, sink = _current.get()
     except LookupError:
         raise JsqueueError("current_job() is only available inside a running task") from None
     return JobContext(
@@ -48,11 +67,26 @@ def current_job() -> JobContext:
         parent_id=env.parent_id,
         root_id=env.root_id,
         eta=env.eta,
+        sink=sink,
     )
 
 
-def set_current(env: Envelope, attempt: int, worker: str) -> contextvars.Token[_Running]:
-    return _current.set((env, attempt, worker))
+def set_current(
+    env: Envelope, attempt: int, worker: str, sink: Sink | None = None
+) -> contextvars.Token[_Running]:
+    return _current.set((env, attempt, worker, sink))
+
+
+def sink_to(report: ReportCallback | None, job_id: str, later: progress.Later) -> Sink | None:
+    """A sink that hands ``job_id``'s reports to ``report(job_id, "progress", data)`` (a
+    pool's ``on_report``) at most four times a second."""
+    if report is None:
+        return None
+
+    def deliver(item: progress.Progress) -> None:
+        report(job_id, "progress", item.to_dict())
+
+    return progress.Latest(0.25, deliver, later).offer
 
 
 def reset_current(token: contextvars.Token[_Running]) -> None:

@@ -63,6 +63,8 @@ class Envelope:
     notify: str | None = None
     #: the object holding the whole envelope when its arguments were too large for a message
     args_object: str | None = None
+    #: error callbacks (task nodes) to send if the job fails for good
+    on_error: tuple[dict[str, Any], ...] = ()
 
 
 _OPTIONAL = (
@@ -93,6 +95,8 @@ def encode(env: Envelope, secret_key: bytes | None = None) -> bytes:
             doc[name] = value
     if env.link:
         doc["link"] = list(env.link)
+    if env.on_error:
+        doc["on_error"] = list(env.on_error)
     if env.serializer == "json":
         doc["args"] = list(env.args)
         doc["kwargs"] = env.kwargs
@@ -157,6 +161,7 @@ def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
             replay_of=fields.optional_job_id(doc.get("replay_of"), "replay_of"),
             notify=fields.notify(doc.get("notify")),
             args_object=fields.args_object(doc.get("args_object"), job_id),
+            on_error=fields.on_error(doc.get("on_error")),
         )
     except fields.FieldError as exc:
         raise MalformedError(f"envelope is malformed: {exc}", raw=data) from None

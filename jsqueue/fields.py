@@ -19,7 +19,14 @@ TASK_NAME_MAX = 200
 #: The most canvas steps one envelope may carry after itself.
 LINK_MAX = 1000
 #: Send options a signature may carry, and the type each must have.
-SIGNATURE_OPTIONS = frozenset({"queue", "countdown", "eta", "expires", "job_id", "headers"})
+SIGNATURE_OPTIONS = frozenset(
+    {"queue", "countdown", "eta", "expires", "expires_at", "job_id", "headers"}
+)
+#: How deep canvas nodes may nest (chords in chords in chains ...).
+NODE_DEPTH_MAX = 32
+#: Members a group or a chord's header inside a canvas node may list (a large one travels in
+#: the object store, as any large envelope does).
+GROUP_MAX = 100_000
 
 
 _NOTIFY_RE = re.compile(r"[a-z][a-z0-9_]{0,31}\.notify\.[A-Za-z0-9_-]{1,64}")
@@ -114,33 +121,93 @@ def args_object(value: Any, job: str) -> str | None:
     return str(value)
 
 
-def chord(value: Any) -> dict[str, Any] | None:
+def chord(value: Any, field: str = "chord") -> dict[str, Any] | None:
     """``{"id": chord id, "index": 0.., "size": 1..}`` or None."""
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise FieldError(f"field 'chord': expected an object, not {shorten(value)}")
-    job_id(value.get("id"), "chord.id")
+        raise FieldError(f"field {field!r}: expected an object, not {shorten(value)}")
+    job_id(value.get("id"), f"{field}.id")
     size, index = value.get("size"), value.get("index")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise FieldError(f"field 'chord.size': expected a whole number >= 1, not {shorten(size)}")
+        raise FieldError(f"field '{field}.size': expected a whole number >= 1, not {shorten(size)}")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
         raise FieldError(
-            f"field 'chord.index': expected a whole number from 0 to {size - 1}, "
+            f"field '{field}.index': expected a whole number from 0 to {size - 1}, "
             f"not {shorten(index)}"
         )
     return value
 
 
 def link(value: Any) -> tuple[dict[str, Any], ...]:
-    """The canvas steps after this job: a list of signature objects."""
+    """What follows this job: canvas nodes (see :mod:`jsqueue.nodes`), checked."""
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > LINK_MAX:
         raise FieldError(
-            f"field 'link': expected a list of at most {LINK_MAX} signatures, not {shorten(value)}"
+            f"field 'link': expected a list of at most {LINK_MAX} canvas nodes, not "
+            f"{shorten(value)}"
         )
-    return tuple(signature(step, f"link[{i}]") for i, step in enumerate(value))
+    return tuple(node(step, f"link[{i}]", 0) for i, step in enumerate(value))
+
+
+def on_error(value: Any, field: str = "on_error", depth: int = 0) -> tuple[dict[str, Any], ...]:
+    """Error callbacks: task nodes; one marked ``once`` (for a whole canvas) has its job id."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > LINK_MAX:
+        raise FieldError(f"field {field!r}: expected a list of signatures, not {shorten(value)}")
+    for i, handler in enumerate(value):
+        node(handler, f"{field}[{i}]", depth + 1)
+        shape = _kind(handler)
+        if shape != "task":
+            raise FieldError(f"field '{field}[{i}]': an error callback is a task, not a {shape}")
+        once = handler.get("once", False)
+        if not isinstance(once, bool):
+            raise FieldError(f"field '{field}[{i}].once': expected true or false")
+        if once:
+            job_id((handler.get("options") or {}).get("job_id"), f"{field}[{i}].options.job_id")
+    return tuple(value)
+
+
+def node(value: Any, field: str, depth: int) -> dict[str, Any]:
+    """A canvas node (task, group or chord), checked to ``NODE_DEPTH_MAX`` levels."""
+    if depth > NODE_DEPTH_MAX:
+        raise FieldError(f"field {field!r}: canvas nested deeper than {NODE_DEPTH_MAX} levels")
+    if not isinstance(value, dict):
+        raise FieldError(f"field {field!r}: expected a canvas node object, not {shorten(value)}")
+    shape = _kind(value)
+    if shape == "group":
+        _nodes(value["group"], f"{field}.group", depth)
+    elif shape == "chord":
+        job_id(value.get("id"), f"{field}.id")
+        _nodes(value["header"], f"{field}.header", depth)
+        node(value.get("body"), f"{field}.body", depth + 1)
+    else:
+        signature(value, field)
+        if value.get("link") is not None:
+            if not isinstance(value["link"], list) or len(value["link"]) > LINK_MAX:
+                raise FieldError(f"field '{field}.link': expected a list of canvas nodes")
+            for i, step in enumerate(value["link"]):
+                node(step, f"{field}.link[{i}]", depth + 1)
+        if value.get("chord") is not None:
+            chord(value["chord"], f"{field}.chord")
+        on_error(value.get("on_error"), f"{field}.on_error", depth)
+    return value
+
+
+def _nodes(value: Any, field: str, depth: int) -> None:
+    if not isinstance(value, list) or len(value) > GROUP_MAX:
+        raise FieldError(
+            f"field {field!r}: expected a list of at most {GROUP_MAX:,} canvas nodes, not "
+            f"{shorten(value)}"
+        )
+    for i, part in enumerate(value):
+        node(part, f"{field}[{i}]", depth + 1)
+
+
+def _kind(value: dict[str, Any]) -> str:
+    return "chord" if "header" in value else "group" if "group" in value else "task"
 
 
 def signature(value: Any, field: str) -> dict[str, Any]:

@@ -41,6 +41,8 @@ class JobEvent:
     duration: float | None = None
     delay: float | None = None
     error: str | None = None
+    #: for "progress": what the task reported (``done``, ``total``, ``info``, ``at``)
+    progress: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None and v != ""}

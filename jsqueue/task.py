@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+from jsqueue.canvas import Callbacks, Signature
 from jsqueue.config import Serializer, check_job_id, check_queue
 from jsqueue.errors import ArgumentsError, ConfigError
 from jsqueue.retry import RetryPolicy
 from jsqueue.services.deps import Deps
 from jsqueue.services.handles import AsyncResult
 from jsqueue.services.producer import build_envelope, send, send_many
-from jsqueue.signature import Signature
 from jsqueue.sync import SyncHost, blocking, needs_loop
 
 P = ParamSpec("P")
@@ -140,13 +140,27 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         expires: datetime | float | None = None,
         headers: dict[str, str] | None = None,
+        link: Callbacks = None,
+        link_error: Callbacks = None,
     ) -> AsyncResult[R]:
         """Send a job with options; await it for the :class:`AsyncResult`.
 
         ``job_id`` is an idempotency key: the same id twice within the duplicate window stores
         one job. ``countdown`` (seconds) or ``eta`` (aware datetime) delay it on the server;
         ``expires`` (seconds from now, or an aware datetime) skips it if picked up later.
+        ``link``: signatures sent with the result when it succeeds; ``link_error``: signatures
+        sent with its id and error (``type``, ``message``, ``traceback``) if it fails for good.
         """
+        if link is not None or link_error is not None:
+            self.check_arguments(tuple(args), kwargs or {})
+            options: dict[str, Any] = {"queue": queue, "job_id": job_id, "countdown": countdown}
+            options.update(eta=eta)
+            options.update(expires=expires, headers=headers)
+            sig = self.s(*args, **(kwargs or {})).set(
+                **{k: v for k, v in options.items() if v is not None}
+            )
+            result: AsyncResult[R] = await sig.apply_async(link=link, link_error=link_error)
+            return result
         return await self._send(
             tuple(args),
             kwargs or {},

@@ -35,8 +35,9 @@ from multiprocessing import forkserver
 from types import FrameType
 from typing import Any
 
+from jsqueue import progress
 from jsqueue.app import App, load_app
-from jsqueue.context import reset_current, set_current
+from jsqueue.context import reset_current, set_current, sink_to
 from jsqueue.errors import NotRegistered, SerializeError, SoftTimeLimitExceeded
 from jsqueue.pools import protocol
 from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Message, Ready, Report, RunJob
@@ -106,6 +107,13 @@ def report(kind: str, **data: Any) -> bool:
     blob = protocol.dump_blob(data, what=f"the data of report({kind!r})")
     channel.send(Report(running.job.job_id, kind, blob))
     return True
+
+
+def _report_progress(job_id: str, kind: str, data: dict[str, Any]) -> None:
+    """Progress of ``job_id`` to the worker, unless that job is over (a late timer's)."""
+    running = _state.running
+    if running is not None and running.job.job_id == job_id:
+        report(kind, **data)
 
 
 def serve(sock: socket.socket, config: ChildConfig) -> None:
@@ -188,7 +196,8 @@ def _run(app: App, message: RunJob, worker_id: str) -> Done:
 
 def _call(task: Task[Any, Any], job: ChildJob, worker: str) -> tuple[bool, Any, str]:
     """Run the task function: (True, value, "") or (False, exception, traceback text)."""
-    token = set_current(job.envelope(), job.attempt, worker)
+    sink = sink_to(_report_progress, job.job_id, progress.in_thread)
+    token = set_current(job.envelope(), job.attempt, worker, sink)
     try:
         _state.running = _Running(job, soft_armed=job.soft_time_limit is not None)
         try:

@@ -33,9 +33,9 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
+from jsqueue.context import ReportCallback
 from jsqueue.errors import (
     ChildDied,
     ConfigError,
@@ -52,7 +52,6 @@ from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Report, RunJob
 
 log = logging.getLogger("jsqueue.pool")
 
-ReportCallback = Callable[[str, str, dict[str, Any]], None]
 
 #: seconds a retiring child has to exit after Stop before it is killed
 _STOP_GRACE = 10.0

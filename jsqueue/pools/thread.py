@@ -17,8 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from jsqueue import progress
 from jsqueue.app import App
-from jsqueue.context import reset_current, set_current
+from jsqueue.context import ReportCallback, Sink, reset_current, set_current, sink_to
 from jsqueue.errors import NotRegistered
 from jsqueue.pools.outcome import ChildOutcome
 from jsqueue.pools.protocol import ChildJob
@@ -32,9 +33,10 @@ class ThreadPool:
 
     kind = "thread"
 
-    def __init__(self, app: App, size: int) -> None:
+    def __init__(self, app: App, size: int, *, on_report: ReportCallback | None = None) -> None:
         self.app = app
         self.size = size
+        self._on_report = on_report
         self._executor = ThreadPoolExecutor(size, thread_name_prefix=THREAD_PREFIX)
         #: job id -> (task name, Unix time it started) of the jobs in a thread now
         self.running: dict[str, tuple[str, float]] = {}
@@ -47,8 +49,9 @@ class ThreadPool:
         task = self.app.tasks.get(job.task)
         if task is None:
             return ChildOutcome(error=NotRegistered(f"no task named {job.task!r} is registered"))
-        call = functools.partial(_call, task.fn, job)
         loop = asyncio.get_running_loop()
+        sink = sink_to(self._on_report, job.job_id, progress.on_loop(loop))
+        call = functools.partial(_call, task.fn, job, sink)
         began = time.monotonic()
         self.running[job.job_id] = (job.task, time.time())
         try:
@@ -75,8 +78,8 @@ class ThreadPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _call(fn: Any, job: ChildJob) -> tuple[bool, Any]:
-    token = set_current(job.envelope(), job.attempt, job.worker)
+def _call(fn: Any, job: ChildJob, sink: Sink | None) -> tuple[bool, Any]:
+    token = set_current(job.envelope(), job.attempt, job.worker, sink)
     try:
         return True, fn(*job.args, **job.kwargs)
     except BaseException as exc:

@@ -50,6 +50,10 @@ def describe(doc: dict[str, object]) -> str:
         parts.append(f"took={float(str(doc['duration'])) * 1000:.1f}ms")
     if doc.get("delay") is not None:
         parts.append(f"retry_in={float(str(doc['delay'])):.1f}s")
+    progress = doc.get("progress")
+    if isinstance(progress, dict):
+        total = progress.get("total")
+        parts.append(f"progress={progress.get('done')}" + (f"/{total}" if total else ""))
     if doc.get("worker"):
         parts.append(f"worker={doc['worker']}")
     if doc.get("error"):

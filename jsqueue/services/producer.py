@@ -105,8 +105,17 @@ def signature_envelope(
     if route is not None:
         route.check_arguments(args, kwargs)
     options = {k: v for k, v in (signature.get("options") or {}).items() if v is not None}
+    # a moment travels as Unix seconds (see Signature.to_dict)
+    if isinstance(options.get("eta"), int | float):
+        options["eta"] = datetime.fromtimestamp(float(options["eta"]), UTC)
+    if "expires_at" in options:
+        options["expires"] = datetime.fromtimestamp(float(options.pop("expires_at")), UTC)
+    for name in fields:  # what the caller fixes wins (a chord's callback id, say)
+        options.pop(name, None)
     queue = options.pop("queue", None) or (route.queue if route else settings.default_queue)
     serializer: Serializer = route.serializer if route else settings.serializer
+    if signature.get("on_error") and "on_error" not in fields:
+        fields["on_error"] = tuple(signature["on_error"])
     return build_envelope(
         settings,
         str(signature["task"]),

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from jsqueue.envelope import decode
 from jsqueue.errors import DecodeError, JsqueueError
@@ -123,11 +124,48 @@ class ResultBackend:
             except KeyExists:
                 continue
 
+    async def add_to_started(self, job_id: str, started: dict[str, Any], **fields: Any) -> bool:
+        """Add ``fields`` (a progress report) to the STARTED record of the run ``started``
+        describes (``task``, ``attempts``, ``worker``, ``at``), writing that record if there is
+        none (without ``track_started``); False, changing nothing, once the job has moved on
+        (finished, retrying, another attempt or worker)."""
+        return await self.broker.riding_elections(self._add_to_started, job_id, started, fields)
+
+    async def _add_to_started(
+        self, job_id: str, started: dict[str, Any], fields: dict[str, Any]
+    ) -> bool:
+        mine = {"state": JobState.STARTED.value, **started}
+        while True:
+            entry = await self.store.get(job_id)
+            try:
+                if entry is None:
+                    await self.store.create(job_id, json.dumps({**mine, **fields}).encode())
+                    return True
+                current = parse_record(job_id, entry.value)
+                record = current.record
+                earlier = record.get("attempts")
+                if current.state.is_final:
+                    return False
+                if isinstance(earlier, int) and earlier < started["attempts"]:
+                    record = dict(mine)  # an earlier attempt's RETRY or STARTED: this run now
+                elif any(record.get(k) != v for k, v in mine.items() if k != "at"):
+                    return False  # another run's record
+                record.update(fields)
+                await self.store.update(job_id, json.dumps(record).encode(), last=entry.revision)
+                return True
+            except KeyExists:
+                continue  # changed under us: look again
+
     # -- reads -----------------------------------------------------------------------------
 
     async def read(self, job_id: str) -> Outcome | None:
         entry = await self.broker.riding_elections(self.store.get, job_id)
         return None if entry is None else parse_record(job_id, entry.value)
+
+    async def read_many(self, pattern: str) -> dict[str, Outcome]:
+        """Every record whose job id matches ``pattern`` (``<group id>.*``), in one read."""
+        entries = await self.broker.riding_elections(self.store.values, pattern)
+        return {e.key: parse_record(e.key, e.value) for e in entries}
 
     async def forget(self, job_id: str) -> None:
         await self.store.delete(job_id)

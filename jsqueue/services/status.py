@@ -179,13 +179,21 @@ async def locate_job(app: Deps, job_id: str) -> dict[str, Any]:
     outcome = await (await app.result_backend()).read(job_id)
     if outcome is not None:
         found.update({k: v for k, v in outcome.record.items() if k not in ("pickle", "sig")})
-    for record in await workers(app):
+    registered = await workers(app)
+    for record in registered:
         for job in record.get("running", []):
             if job.get("id") == job_id:
                 found["where"] = "running"
                 found["running_on"] = record["id"]
                 found["running_since"] = job.get("started")
                 found["running_in"] = job.get("where") or "?"
+    alive = {record.get("id") for record in registered}
+    if "where" not in found and found.get("state") == "STARTED" and found.get("worker") in alive:
+        # its worker's registry record (written every 2 s) does not list it yet, but the worker
+        # is there, and the STARTED record a running job writes says it runs it
+        found["where"] = "running"
+        found["running_on"] = found.get("worker", "?")
+        found["running_since"] = found.get("at")
     delayed = await _delayed(broker, app, job_id)
     if delayed is not None:
         found.setdefault("where", "delayed")

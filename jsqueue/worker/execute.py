@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from jsqueue.context import reset_current, set_current
+from jsqueue import progress
+from jsqueue.context import ReportCallback, reset_current, set_current, sink_to
 from jsqueue.errors import ConfigError, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from jsqueue.pools.outcome import ChildOutcome
 from jsqueue.pools.protocol import ChildJob
@@ -86,10 +87,19 @@ class Limits:
 class TaskExecutor:
     """Runs tasks for one worker; knows which job runs where, to stop it."""
 
-    def __init__(self, pool: Pool, limits: Limits, worker_id: str) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        limits: Limits,
+        worker_id: str,
+        *,
+        on_report: ReportCallback | None = None,
+    ) -> None:
         self.pool = pool
         self.limits = limits
         self.worker_id = worker_id
+        #: where coroutine tasks' reports go (pools hand theirs to the same callback)
+        self.on_report = on_report
         self.gate = Gate()
         #: job id -> "async" | "thread" | "process", of the jobs running now
         self.where: dict[str, str] = {}
@@ -140,7 +150,8 @@ class TaskExecutor:
         assert env is not None
         assert task is not None
         hard, soft = self.limits.of(task)
-        token = set_current(env, job.delivery.attempt, self.worker_id)
+        sink = sink_to(self.on_report, env.id, progress.on_loop(asyncio.get_running_loop()))
+        token = set_current(env, job.delivery.attempt, self.worker_id, sink)
         coroutine = Interruptible(task.fn(*env.args, **env.kwargs))
         self._coroutines[env.id] = coroutine
         self.where[env.id] = "async"

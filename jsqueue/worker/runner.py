@@ -83,8 +83,8 @@ class JobRunner:
         self.hooks = hooks
         self.stats = stats if stats is not None else WorkerStats()
         self.settler = Settler(app, worker_id, broker, results, hooks, self.stats)
-        #: job id -> (task, queue, wall-clock start) of the jobs running now
-        self.running: dict[str, tuple[str, str, float]] = {}
+        #: job id -> (task, queue, wall-clock start, attempt) of the jobs running now
+        self.running: dict[str, tuple[str, str, float, int]] = {}
         #: job id -> set once the delivery running it here is settled
         self._settled: dict[str, asyncio.Event] = {}
 
@@ -226,7 +226,7 @@ class JobRunner:
         env, task, delivery = job.env, job.task, job.delivery
         assert env is not None
         assert task is not None
-        self.running[env.id] = (env.task, env.queue, time.time())
+        self.running[env.id] = (env.task, env.queue, time.time(), delivery.attempt)
         self._settled[env.id] = asyncio.Event()
         job.owns_run = True
         try:

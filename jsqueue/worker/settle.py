@@ -278,7 +278,11 @@ class Settler:
             if plan.follow_up is FollowUp.CONTINUE:
                 await continuation.after_success(self.app, env, job.value)
             else:
-                await continuation.after_failure(self.app, env, self._failure_of(job, plan))
+                # Error callbacks are for jobs that ran and failed, as in Celery; a job that
+                # expired or was revoked never ran, so only what follows it is ended.
+                ran = plan.record not in (Record.EXPIRED, Record.REVOKED)
+                error = self._failure_of(job, plan)
+                await continuation.after_failure(self.app, env, error, errbacks=ran)
             return
         except Exception as exc:
             if is_transient(exc):

@@ -49,7 +49,7 @@ class WorkerView(Protocol):
     @property
     def stats(self) -> WorkerStats: ...
     @property
-    def running(self) -> dict[str, tuple[str, str, float]]: ...
+    def running(self) -> dict[str, tuple[str, str, float, int]]: ...
     @property
     def stopping(self) -> bool: ...
     def held(self) -> int: ...
@@ -150,6 +150,7 @@ def _running(
     task: str,
     queue: str,
     at: float,
+    attempt: int,
     where: Mapping[str, str],
     stuck_now: Mapping[str, object],
     reports: Mapping[str, dict[str, Any]],
@@ -159,6 +160,7 @@ def _running(
         "task": task,
         "queue": queue,
         "started": at,
+        "attempt": attempt,
         "where": where.get(job_id, ""),  # async, thread or process: what terminate can do
         "stuck": job_id in stuck_now,
         "reported": reports.get(job_id, {}),

@@ -33,6 +33,7 @@ from jsqueue.worker.dispatch import Dispatch
 from jsqueue.worker.execute import Pool, TaskExecutor
 from jsqueue.worker.loopwatch import LoopWatch
 from jsqueue.worker.options import WorkerOptions
+from jsqueue.worker.progress import ProgressWriter
 from jsqueue.worker.runner import JobRunner, WorkerStats
 
 log = logging.getLogger("jsqueue.worker")
@@ -66,6 +67,7 @@ class Worker:
         self.broker: Broker | None = None
         self._registry: WorkerRegistry | None = None
         self._revoked: RevokedSet | None = None
+        self._progress: ProgressWriter | None = None
         self._background: list[asyncio.Task[None]] = []
         #: seconds to get a new connection after nats-py closed the old one for good
         self.reconnect_timeout = 60.0
@@ -98,8 +100,8 @@ class Worker:
         await self._runner.process(delivery)
 
     @property
-    def running(self) -> dict[str, tuple[str, str, float]]:
-        """job id -> (task, queue, started at) of the jobs running now."""
+    def running(self) -> dict[str, tuple[str, str, float, int]]:
+        """job id -> (task, queue, started at, attempt) of the jobs running now."""
         return self._runner.running if self._runner else {}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -122,7 +124,7 @@ class Worker:
         watch = LoopWatch(self.options.block_warning, JobRunner.culprit)
         watch.start()
         self.pool = self._make_pool()
-        self.executor = TaskExecutor(self.pool, self.limits, self.id)
+        self.executor = TaskExecutor(self.pool, self.limits, self.id, on_report=self._on_report)
         try:
             await self.pool.start()
             await self._open(wait_for_server)
@@ -147,6 +149,9 @@ class Worker:
         if self.app.settings.events:
             hooks.append(EventPublisher(broker))
         assert self.executor is not None
+        self._progress = ProgressWriter(
+            results, hooks, lambda: self.running, self.id, recorded=self._keeps_results
+        )
         self._runner = JobRunner(
             self.app, self.id, broker, results, self._revoked, self.executor, hooks, self._stats
         )
@@ -227,6 +232,8 @@ class Worker:
         self.active.clear()
         if self._revoked is not None:
             await self._revoked.stop()
+        if self._progress is not None:
+            await self._progress.close()
         # the app's next use in this loop connects anew (App notices the lost connection)
 
     async def _close(self) -> None:
@@ -240,6 +247,8 @@ class Worker:
             await self._registry.remove(self.id)
         if self._revoked is not None:
             await self._revoked.stop()
+        if self._progress is not None:
+            await self._progress.close()
         for hook in self.hooks:
             await hook.on_worker_stop()
         if self.broker is not None and self.broker.is_connected:
@@ -254,7 +263,7 @@ class Worker:
 
     def _make_pool(self) -> Pool:
         if self.pool_kind == "thread":
-            return ThreadPool(self.app, self.concurrency)
+            return ThreadPool(self.app, self.concurrency, on_report=self._on_report)
         assert self.app_spec is not None
         return ProcessPool(
             self.app_spec,
@@ -266,9 +275,17 @@ class Worker:
         )
 
     def _on_report(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
-        """What a job in a pool child reported while it runs: the latest of each kind is kept
-        for the registry (``jsqueue inspect workers``)."""
+        """What a running job reported: progress is recorded (throttled); the latest of each
+        kind is kept for the registry (``jsqueue inspect workers``)."""
+        if job_id not in self.running:
+            return  # a late report of a job that is over
         self.reports.setdefault(job_id, {})[kind] = data
+        if kind == "progress" and self._progress is not None:
+            self._progress.offer(job_id, data)
+
+    def _keeps_results(self, name: str) -> bool:
+        task = self.app.tasks.get(name)
+        return task is None or not task.options.ignore_result
 
     async def _terminate(self, job_id: str) -> None:
         """A revoke with ``terminate=True`` arrived: stop the job if it runs here."""

@@ -1,5 +1,5 @@
-"""Tasks for the chord-under-SIGKILL test: members take a little time; the callback leaves a
-mark per execution, so a doubled callback would show."""
+"""Tasks for the nested-chord-under-SIGKILL test: members take a little time; every callback
+leaves a mark per execution, so a doubled callback at any level would show."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ app = App(
 async def square(x: int) -> int:
     await asyncio.sleep(0.02)
     return x * x
+
+
+@app.task
+def subtotal(results: list[int], marks: str, part: int) -> int:
+    """The callback of an inner chord: one line per execution in subtotal.log."""
+    with open(Path(marks) / "subtotal.log", "a") as f:
+        f.write(f"{part} {sum(results)}\n")
+    return sum(results)
 
 
 @app.task

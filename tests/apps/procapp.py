@@ -128,5 +128,18 @@ def reports_then_waits(marks: str) -> str:
 
 
 @app.task
+def progresses(marks: str, steps: int) -> int:
+    """Reports progress ``steps`` times as fast as it can, then waits for a "go" mark."""
+    for i in range(steps):
+        current_job().progress(i + 1, steps, stage="child")
+    mark(marks, "reported")
+    go = Path(marks, f"{current_job().id}.go")
+    deadline = time.monotonic() + 30
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return steps
+
+
+@app.task
 async def echo(i: int) -> int:
     return i

@@ -1,4 +1,5 @@
-"""chain, group and chord on a real server; a chord under repeated SIGKILL of its workers."""
+"""chain, group and chord on a real server; a nested chord under repeated SIGKILL of its
+workers."""
 
 import asyncio
 import json
@@ -224,15 +225,18 @@ async def canvas_app(
 
 
 @pytest.mark.slow
-async def test_chord_survives_repeated_sigkill_of_its_workers(
+async def test_a_nested_chord_survives_repeated_sigkill_of_its_workers(
     canvas_app: App, nats_server: NatsServer, jsq_prefix: str, tmp_path: Path
 ) -> None:
-    square, total = (
-        canvas_app.tasks["tests.apps.canvasapp.square"],
-        canvas_app.tasks["tests.apps.canvasapp.total"],
+    """Four chords of 50 members in the header of a chord: under SIGKILL at random moments,
+    each inner callback and the outer one run exactly once."""
+    tasks = canvas_app.tasks
+    square, subtotal, total = (
+        tasks[f"tests.apps.canvasapp.{name}"] for name in ("square", "subtotal", "total")
     )
     marks = tmp_path / "marks"
     marks.mkdir()
+    parts, size = 4, 50
 
     def worker() -> Process:
         return Process.jsqueue(
@@ -249,10 +253,18 @@ async def test_chord_survives_repeated_sigkill_of_its_workers(
             name="worker",
         ).start()
 
+    inner = [
+        chord(
+            group(square.s(i) for i in range(p * size, (p + 1) * size)),
+            subtotal.s(str(marks), p),
+        )
+        for p in range(parts)
+    ]
+    expected = sum(i * i for i in range(parts * size))
     rng = random.Random(7)
     kills = 0
     async with canvas_app:
-        handle = await chord(group(square.s(i) for i in range(200)), total.s(str(marks))).delay()
+        handle = await chord(inner, total.s(str(marks))).delay()
         workers = [worker(), worker()]
         try:
             deadline = time.monotonic() + 90
@@ -263,7 +275,7 @@ async def test_chord_survives_repeated_sigkill_of_its_workers(
                 workers[victim].kill()
                 kills += 1
                 workers[victim] = worker()
-            assert await handle.get(timeout=5) == sum(i * i for i in range(200))
+            assert await handle.get(timeout=5) == expected
             for w in workers:
                 w.stop()
             await burst(canvas_app)  # let every redelivery play out, then look for a 2nd callback
@@ -272,15 +284,19 @@ async def test_chord_survives_repeated_sigkill_of_its_workers(
                 w.kill()
     lines = (marks / "callback.log").read_text().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].split()[1] == str(sum(i * i for i in range(200)))
+    assert lines[0].split()[1] == str(expected)
+    subtotals = sorted((marks / "subtotal.log").read_text().splitlines())
+    want = [f"{p} {sum(i * i for i in range(p * size, (p + 1) * size))}" for p in range(parts)]
+    assert subtotals == sorted(want)
     assert kills >= 3
-    print(f"chord of 200 completed with exactly one callback across {kills} SIGKILLs")
+    print(f"nested chord of {parts}x{size} completed, one callback each, across {kills} SIGKILLs")
 
 
 async def test_a_claim_left_by_a_crash_is_completed_by_the_same_member_once(math_app: App) -> None:
     """The crash window: the last member claimed the callback, then died before publishing."""
     from jsqueue.envelope import Envelope
     from jsqueue.services import chords
+    from jsqueue.services.continuation import send_node
 
     calls = []
 
@@ -294,15 +310,19 @@ async def test_a_claim_left_by_a_crash_is_completed_by_the_same_member_once(math
         store = await (await math_app.broker()).kv("chords", ttl=60)
         first = Envelope(id="m0", task="add", chord={"id": "crashy", "index": 0, "size": 2})
         last = Envelope(id="m1", task="add", chord={"id": "crashy", "index": 1, "size": 2})
-        await chords.member_succeeded(math_app, first, 10)
+        await chords.member_succeeded(math_app, first, 10, send_node)
         # member m1 recorded its result and its claim, then its worker died
         await store.create("crashy.m.1", b'{"r": 20}')
         await store.create("crashy.claim", b'{"state": "claimed", "member": "m1", "at": 0}')
-        await chords.member_succeeded(math_app, first, 10)  # a redelivered other member: no
+        await chords.member_succeeded(
+            math_app, first, 10, send_node
+        )  # a redelivered other member: no
         await burst(math_app)
         assert calls == []
-        await chords.member_succeeded(math_app, last, 20)  # m1 redelivered: it publishes
-        await chords.member_succeeded(math_app, last, 20)  # again: the claim says published
+        await chords.member_succeeded(math_app, last, 20, send_node)  # m1 redelivered: it publishes
+        await chords.member_succeeded(
+            math_app, last, 20, send_node
+        )  # again: the claim says published
         await burst(math_app)
         claim = await store.get("crashy.claim")
     assert calls == [[10, 20]]

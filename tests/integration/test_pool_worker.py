@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -209,6 +210,44 @@ async def test_a_thread_cannot_be_terminated_and_inspect_shows_the_pool(
     assert "POOL" in table.stdout
     assert "process" in table.stdout
     assert f"child {child['pid']}: {b.id}" in table.stdout
+
+
+async def test_progress_from_a_child_is_seen_mid_job_by_inspect_job(
+    procapp: App, tmp_path: Path
+) -> None:
+    """A child reports 20,000 times in a burst: a handful of records and events result, and
+    the last report is there while the job still runs."""
+    steps = 20_000
+    progresses = task(procapp, "progresses")
+    seen: list[dict[str, object]] = []
+
+    async def on_event(subject: str, data: bytes) -> None:
+        seen.append(json.loads(data))
+
+    async with procapp:
+        broker = await procapp.broker()
+        unsubscribe = await broker.subscribe_core(f"{procapp.settings.events_subject}.>", on_event)
+        job = await progresses.delay(str(tmp_path), steps)  # type: ignore[attr-defined]
+        began = time.monotonic()
+        with worker(procapp, tmp_path, "--pool", "process", "-c", "1", "--events", name="procs"):
+            await wait_until(lambda: (tmp_path / f"{job.id}.reported").exists(), 30, "the burst")
+            deadline = time.monotonic() + 10
+            while (now := await job.progress()) is None or now.done < steps:
+                assert time.monotonic() < deadline, f"progress: {now}"
+                await asyncio.sleep(0.05)
+            inspected = jsqueue_cli(procapp, "inspect", "job", job.id)
+            (tmp_path / f"{job.id}.go").touch()
+            assert await job.get(timeout=20) == steps
+            elapsed = time.monotonic() - began
+        await unsubscribe()
+    assert inspected.returncode == 0, inspected.stderr
+    shown = json.loads(inspected.stdout)
+    assert shown["where"] == "running"
+    assert shown["progress"]["done"] == steps
+    assert shown["progress"]["info"] == {"stage": "child"}
+    reports = [e for e in seen if e.get("kind") == "progress" and e.get("job_id") == job.id]
+    assert 1 <= len(reports) <= elapsed + 2, (len(reports), elapsed)
+    assert reports[-1]["progress"]["done"] == steps  # type: ignore[index]
 
 
 def jsqueue_cli(app: App, *args: str) -> subprocess.CompletedProcess[str]:

@@ -101,6 +101,8 @@ async def test_what_the_producer_stores_matches_the_envelope_schema(jsq_app: App
         later = await add.apply_async(args=(1, 1), countdown=3600, job_id="later-1")
         steps = await chain(add.s(1, 2), add.s(10), add.s(100)).delay()
         total = await chord(group(add.s(i, i) for i in range(3)), tsum.s()).delay()
+        nested = (add.s(1, 1) | group(add.s(1), add.s(2)) | tsum.s()).on_error(add.s(0))
+        await nested.delay()
         queued = await stored(jsq_app, s.queue_subject("default"))
         [scheduled] = await stored(jsq_app, s.schedule_subject("default", "later-1"))
 
@@ -112,7 +114,8 @@ async def test_what_the_producer_stores_matches_the_envelope_schema(jsq_app: App
         assert doc["v"] == 1
         assert doc["queue"] == "default"
     by_id = {doc["id"]: doc for doc in docs}
-    assert len(docs) == 1 + 1 + 1 + 3  # the delayed job waits elsewhere; one chain message
+    # the delayed job waits elsewhere; one message for each canvas's first job
+    assert len(docs) == 1 + 1 + 1 + 3 + 1
     assert by_id[plain.id]["args"] == [2, 3]
     assert by_id[plain.id]["kwargs"] == {}
     assert abs(by_id[plain.id]["created"] - before) < 5
@@ -120,9 +123,17 @@ async def test_what_the_producer_stores_matches_the_envelope_schema(jsq_app: App
     assert shown["headers"] == {"trace": "t-1"}
     assert shown["expires"] == pytest.approx(shown["created"] + 60)
 
-    first = next(d for d in docs if "link" in d)
-    assert [step["args"] for step in first["link"]] == [[10], [100]]
-    assert first["link"][-1]["options"]["job_id"] == steps.id  # every step's id is fixed
+    first = next(d for d in docs if "link" in d and "on_error" not in d)
+    [after] = first["link"]  # the next step, with the one after it in its own link
+    assert after["args"] == [10]
+    assert after["link"][0]["args"] == [100]
+    assert after["link"][0]["options"]["job_id"] == steps.id  # every step's id is fixed
+    opening = next(d for d in docs if "on_error" in d)  # the nested canvas's first job
+    [following] = opening["link"]  # a group followed by a step: a chord node
+    assert [m["args"] for m in following["header"]] == [[1], [2]]
+    assert following["body"]["task"] == "tsum"
+    assert following["body"]["on_error"] == opening["on_error"]  # one error callback for all
+    assert opening["on_error"][0]["once"] is True
     members = sorted((d for d in docs if "chord" in d), key=lambda d: d["chord"]["index"])
     assert [m["chord"] for m in members] == [
         {"id": total.id, "index": i, "size": 3} for i in range(3)
@@ -342,7 +353,15 @@ HOSTILE: list[dict[str, Any]] = [
     {**LEGAL, "chord": {"id": "c", "index": -1, "size": 1}},
     {**LEGAL, "headers": {"a": 1}},
     {**LEGAL, "pickle": "gAR9lC4="},  # unsigned
+    {**LEGAL, "link": [{"group": {"task": "add"}}]},
+    {**LEGAL, "link": [{"header": [{"task": "add"}], "body": {"task": "tsum"}}]},  # no id
+    {**LEGAL, "link": [{"id": "c", "header": [{"task": "add"}], "body": {"group": 1}}]},
+    {**LEGAL, "on_error": [{"group": [{"task": "add"}]}]},
+    {**LEGAL, "on_error": [{"task": "h", "once": "yes"}]},
+    {**LEGAL, "on_error": [{"task": "h", "once": True}]},  # a claimed errback needs its job id
+    {**LEGAL, "link": [{"task": "add", "options": {"eta": "tomorrow"}}]},
 ]
+
 ACCEPTED: list[dict[str, Any]] = [
     LEGAL,
     {"v": 1, "id": "a.b/c=d_e-F9", "task": "tâche.ajouter"},
@@ -350,6 +369,25 @@ ACCEPTED: list[dict[str, Any]] = [
     {**LEGAL, "unknown": {"a newer producer": "may add fields"}},
     {**LEGAL, "link": [{"task": "add", "options": {"job_id": "n.2", "queue": None}}]},
     {**LEGAL, "chord": {"id": "c", "index": 1, "size": 2}, "headers": {"k": "v"}},
+    {
+        **LEGAL,
+        "link": [
+            {
+                "task": "add",
+                "options": {"job_id": "n.1", "eta": 1764612371.5, "expires_at": 1764612400},
+                "link": [
+                    {
+                        "id": "c.1",
+                        "header": [{"group": [{"task": "add"}, {"task": "add"}]}],
+                        "body": {"task": "tsum", "options": {"job_id": "c.1"}},
+                    }
+                ],
+                "on_error": [{"task": "h", "once": True, "options": {"job_id": "h.1"}}],
+            }
+        ],
+        "on_error": [{"task": "h", "args": [1]}],
+    },
+    {**LEGAL, "link": [{"id": "c.2", "header": [], "body": {"task": "tsum"}}]},
 ]
 
 
@@ -360,6 +398,16 @@ def test_the_schema_refuses_what_a_worker_refuses(doc: dict[str, Any]) -> None:
         decode(json.dumps(doc).encode(), secret_key=b"k")
     if doc.get("v") == 1 and "pickle" not in doc:
         assert isinstance(refused.value, MalformedError)  # dead-lettered as 'malformed'
+
+
+def test_a_canvas_nested_too_deep_is_refused_which_the_schema_cannot_say() -> None:
+    deep: dict[str, Any] = {"task": "add"}
+    for _ in range(40):
+        deep = {"group": [deep]}
+    doc = {**LEGAL, "link": [deep]}
+    assert ENVELOPE.is_valid(doc)  # JSON Schema has no depth limit: docs/protocol.md says it
+    with pytest.raises(MalformedError, match="nested deeper than 32 levels"):
+        decode(json.dumps(doc).encode())
 
 
 @pytest.mark.parametrize("doc", ACCEPTED, ids=lambda d: json.dumps(d)[:60])
