@@ -303,6 +303,7 @@ async def test_progress_is_recorded_at_most_about_once_a_second(celery_app: App)
         assert 1 <= len(mine) <= elapsed + 2, (len(mine), elapsed)
         assert mine[-1].progress is not None
         assert mine[-1].progress["done"] == steps
+        print(f"{steps} reports: {len(mine)} progress records written in {elapsed:.1f}s")
 
 
 async def test_progress_refuses_a_report_that_is_not_numbers_and_json(celery_app: App) -> None:
