@@ -3,6 +3,7 @@
 from jsqueue.app import App
 from jsqueue.beat import run_beat
 from jsqueue.canvas import Signature, chain, chord, group
+from jsqueue.config import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_URGENT
 from jsqueue.context import JobContext, current_job
 from jsqueue.errors import (
     ArgumentsError,
@@ -27,8 +28,10 @@ from jsqueue.errors import (
     TimeLimitExceeded,
     WorkerLost,
 )
+from jsqueue.progress import Progress
 from jsqueue.retry import RetryPolicy
 from jsqueue.services.handles import AsyncResult, GroupResult
+from jsqueue.services.queues import pause_queue, paused_queues, resume_queue
 from jsqueue.services.results import JobState
 from jsqueue.task import Task
 from jsqueue.worker import run_worker
@@ -49,6 +52,14 @@ __all__ = [
     # running workers and beat in your own process
     "run_beat",
     "run_worker",
+    # queues and priorities
+    "PRIORITY_HIGH",
+    "PRIORITY_LOW",
+    "PRIORITY_NORMAL",
+    "PRIORITY_URGENT",
+    "pause_queue",
+    "paused_queues",
+    "resume_queue",
     # inside a task
     "JobContext",
     "Reject",
@@ -58,6 +69,7 @@ __all__ = [
     # results
     "AsyncResult",
     "JobState",
+    "Progress",
     "ResultTimeout",
     "TaskFailed",
     # errors

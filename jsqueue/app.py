@@ -134,6 +134,7 @@ class App:
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
         track_started: bool | None = None,
+        priority: int | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -148,14 +149,16 @@ class App:
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
         track_started: bool | None = None,
+        priority: int | None = None,
     ) -> Any:
         """Register a function (``async def`` or plain ``def``) as a task.
 
         Use bare (``@app.task``) or with options: ``name`` (default ``module.qualname``),
         ``queue``, ``retry`` (a :class:`RetryPolicy`), ``serializer``, ``ignore_result``,
         ``time_limit`` (seconds: a coroutine is cancelled, a process-pool child killed),
-        ``soft_time_limit`` (seconds: :class:`SoftTimeLimitExceeded` is raised inside the task)
-        and ``track_started``.
+        ``soft_time_limit`` (seconds: :class:`SoftTimeLimitExceeded` is raised inside the task),
+        ``track_started`` and ``priority`` (the default of its jobs: 0 low to 3 urgent, higher
+        runs first; 1 unless set).
         """
 
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
@@ -173,6 +176,7 @@ class App:
                 time_limit=time_limit,
                 soft_time_limit=soft_time_limit,
                 track_started=track_started,
+                priority=priority,
             )
             task: Task[Any, Any] = Task(self, func, options)
             self.tasks[task_name] = task

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias, cast
 
 from jsqueue import nodes
-from jsqueue.config import check_job_id
+from jsqueue.config import check_job_id, check_priority
 from jsqueue.envelope import Envelope, new_job_id
 from jsqueue.errors import ConfigError
 from jsqueue.nodes import Node
@@ -33,7 +33,7 @@ from jsqueue.sync import SyncHost, blocking
 
 __all__ = ["Canvas", "GroupResult", "Signature", "chain", "chord", "group"]
 
-_OPTION_NAMES = frozenset({"queue", "countdown", "eta", "expires", "job_id", "headers"})
+_OPTION_NAMES = frozenset({"queue", "countdown", "eta", "expires", "job_id", "headers", "priority"})
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,13 @@ class Signature:
     errbacks: tuple[dict[str, Any], ...] = ()
 
     def set(self, **options: Any) -> Signature:
-        """A copy with these send options (queue, countdown, eta, expires, job_id, headers)."""
+        """A copy with these send options (queue, countdown, eta, expires, job_id, headers,
+        priority)."""
         unknown = set(options) - _OPTION_NAMES
         if unknown:
             raise ConfigError(f"unknown signature option(s): {', '.join(sorted(unknown))}")
+        if options.get("priority") is not None:
+            check_priority(options["priority"])
         if options.get("eta") is not None:
             to_timestamp(options["eta"], "eta")  # an aware datetime, refused now if not
         return replace(self, options={**self.options, **options})

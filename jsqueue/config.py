@@ -28,7 +28,21 @@ _QUEUE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _JOB_ID_RE = re.compile(r"[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*")
 JOB_ID_MAX = 200
 #: Every KV bucket jsqueue may create, as ``<prefix>_<purpose>``.
-BUCKETS = ("results", "revoked", "workers", "chords", "beat_lease", "beat_ticks", "beat_state")
+BUCKETS = (
+    "results",
+    "revoked",
+    "workers",
+    "chords",
+    "beat_lease",
+    "beat_ticks",
+    "beat_state",
+    "queues",
+)
+#: Job priorities: a higher number runs first. Each level of a queue is a subject and a consumer
+#: of its own (JetStream has no per-message priority); NORMAL's is the queue's plain subject.
+PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH, PRIORITY_URGENT = 0, 1, 2, 3
+PRIORITIES = range(PRIORITY_LOW, PRIORITY_URGENT + 1)
+PRIORITY_SCALE = "0 (low) to 3 (urgent), higher runs first; the default is 1 (normal)"
 
 Serializer = Literal["json", "cloudpickle"]
 
@@ -54,6 +68,7 @@ class SettingsKwargs(TypedDict, total=False):
     dlq_max_age: float
     unknown_task_retries: int
     unknown_task_delay: float
+    schedule_retries_after: float
     events: bool
     creds_file: str | None
     nkey_seed_file: str | None
@@ -94,6 +109,10 @@ class Settings:
     #: deliveries of a job whose task is unknown (a rolling deploy?) before it is dead-lettered
     unknown_task_retries: int = 3
     unknown_task_delay: float = 10.0
+    #: seconds: a retry that waits at least this long is moved onto a server schedule (the job
+    #: is acked and sent again, due then) instead of a ``nak`` with a delay, which would hold
+    #: one of the queue's ``max_ack_pending`` slots for the whole wait
+    schedule_retries_after: float = 30.0
     events: bool = False
     creds_file: str | None = None
     nkey_seed_file: str | None = None
@@ -128,6 +147,12 @@ class Settings:
             _positive(name, getattr(self, name))
         for name in ("publish_timeout", "result_ttl", "dlq_max_age", "unknown_task_delay"):
             _positive(name, getattr(self, name))
+        moved = self.schedule_retries_after
+        if not isinstance(moved, int | float) or isinstance(moved, bool) or moved < 0:
+            raise ConfigError(
+                f"schedule_retries_after must be seconds >= 0 (0: every retry waits on a "
+                f"server schedule), not {moved!r}"
+            )
         for name in ("max_deliver", "max_ack_pending", "replicas", "max_object_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -166,8 +191,12 @@ class Settings:
     def dlq_stream(self) -> str:
         return f"{self.prefix.upper()}_DLQ"
 
-    def queue_subject(self, queue: str) -> str:
-        return f"{self.prefix}.q.{queue}"
+    def queue_subject(self, queue: str, priority: int = PRIORITY_NORMAL) -> str:
+        """The subject of ``queue``'s jobs of ``priority`` (NORMAL: ``<prefix>.q.<queue>``,
+        others ``<prefix>.q.<queue>.p<level>``)."""
+        if priority == PRIORITY_NORMAL:
+            return f"{self.prefix}.q.{queue}"
+        return f"{self.prefix}.q.{queue}.p{priority}"
 
     @property
     def queue_subjects(self) -> str:
@@ -182,6 +211,15 @@ class Settings:
     def schedule_subjects(self) -> str:
         return f"{self.prefix}.sched.>"
 
+    def retry_subject(self, queue: str, job_id: str) -> str:
+        """Where a job waits out a long retry, on a server schedule (per job, as delayed jobs
+        are, so that revoke can purge exactly it)."""
+        return f"{self.prefix}.retry.{queue}.{job_id}"
+
+    @property
+    def retry_subjects(self) -> str:
+        return f"{self.prefix}.retry.>"
+
     def dlq_subject(self, queue: str) -> str:
         return f"{self.prefix}.dlq.{queue}"
 
@@ -189,8 +227,10 @@ class Settings:
     def dlq_subjects(self) -> str:
         return f"{self.prefix}.dlq.>"
 
-    def consumer_name(self, queue: str) -> str:
-        return f"{self.prefix}_{queue}"
+    def consumer_name(self, queue: str, priority: int = PRIORITY_NORMAL) -> str:
+        if priority == PRIORITY_NORMAL:
+            return f"{self.prefix}_{queue}"
+        return f"{self.prefix}_{queue}_p{priority}"
 
     def bucket(self, purpose: str) -> str:
         """The KV bucket for ``purpose``, one of :data:`BUCKETS`."""
@@ -299,3 +339,10 @@ def redact_url(url: str) -> str:
 def _positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def check_priority(value: Any, what: str = "priority") -> int:
+    """A priority on the scale (see :data:`PRIORITY_SCALE`), or :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITIES:
+        raise ConfigError(f"{what} {shorten(value)} is off the scale: {PRIORITY_SCALE}")
+    return value

@@ -65,6 +65,8 @@ class Envelope:
     args_object: str | None = None
     #: error callbacks (task nodes) to send if the job fails for good
     on_error: tuple[dict[str, Any], ...] = ()
+    #: 0 (low) to 3 (urgent), higher runs first; None: normal (1). It picks the subject.
+    priority: int | None = None
 
 
 _OPTIONAL = (
@@ -77,6 +79,7 @@ _OPTIONAL = (
     "replay_of",
     "notify",
     "args_object",
+    "priority",
 )
 
 
@@ -162,6 +165,7 @@ def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
             notify=fields.notify(doc.get("notify")),
             args_object=fields.args_object(doc.get("args_object"), job_id),
             on_error=fields.on_error(doc.get("on_error")),
+            priority=fields.priority(doc.get("priority")),
         )
     except fields.FieldError as exc:
         raise MalformedError(f"envelope is malformed: {exc}", raw=data) from None

@@ -12,7 +12,14 @@ import math
 import re
 from typing import Any
 
-from jsqueue.config import JOB_ID_RULE, is_job_id, is_queue_name, shorten
+from jsqueue.config import (
+    JOB_ID_RULE,
+    PRIORITIES,
+    PRIORITY_SCALE,
+    is_job_id,
+    is_queue_name,
+    shorten,
+)
 
 #: The longest task name a worker accepts (it appears in logs, records and headers).
 TASK_NAME_MAX = 200
@@ -20,7 +27,7 @@ TASK_NAME_MAX = 200
 LINK_MAX = 1000
 #: Send options a signature may carry, and the type each must have.
 SIGNATURE_OPTIONS = frozenset(
-    {"queue", "countdown", "eta", "expires", "expires_at", "job_id", "headers"}
+    {"queue", "countdown", "eta", "expires", "expires_at", "job_id", "headers", "priority"}
 )
 #: How deep canvas nodes may nest (chords in chords in chains ...).
 NODE_DEPTH_MAX = 32
@@ -109,6 +116,15 @@ def notify(value: Any) -> str | None:
             f"field 'notify': {shorten(value)} is not <prefix>.notify.<token> (token: 1-64 "
             "letters, digits, '_' or '-')"
         )
+    return value
+
+
+def priority(value: Any, field: str = "priority") -> int | None:
+    """A priority level (see :data:`jsqueue.config.PRIORITY_SCALE`) or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITIES:
+        raise FieldError(f"field {field!r}: {shorten(value)} is off the scale {PRIORITY_SCALE}")
     return value
 
 
@@ -238,5 +254,7 @@ def _option(name: str, value: Any, field: str) -> None:
         job_id(value, field)
     elif name == "headers":
         headers(value, field)
+    elif name == "priority":
+        priority(value, field)
     elif number(value, field) < 0 and name == "countdown":
         raise FieldError(f"field {field!r}: a countdown is seconds from now, at least 0")

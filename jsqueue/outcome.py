@@ -147,6 +147,12 @@ def skipped(record: Record, *, followers: bool) -> Plan:
     return Plan(Action.ACK, record, follow, Counter.SKIPPED, event)
 
 
+def skipped_moved() -> Plan:
+    """An old message of a job that moved on (re-published onto a retry schedule): ack it,
+    record nothing, count it skipped."""
+    return Plan(Action.ACK, Record.NONE, FollowUp.NONE, Counter.SKIPPED, Event.NONE)
+
+
 def already_final(success: bool, *, followers: bool) -> Plan:
     """A redelivered job whose outcome is recorded: never run or dead-letter it again.
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 from jsqueue.canvas import Callbacks, Signature
-from jsqueue.config import Serializer, check_job_id, check_queue
+from jsqueue.config import Serializer, check_job_id, check_priority, check_queue
 from jsqueue.errors import ArgumentsError, ConfigError
 from jsqueue.retry import RetryPolicy
 from jsqueue.services.deps import Deps
@@ -45,6 +45,8 @@ class TaskOptions:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     track_started: bool | None = None
+    #: the default priority of its jobs (None: normal)
+    priority: int | None = None
 
 
 class Task(Generic[P, R]):
@@ -60,6 +62,8 @@ class Task(Generic[P, R]):
         self._arity = _plain_arity(self.signature)
         if options.queue is not None:
             check_queue(options.queue)
+        if options.priority is not None:
+            check_priority(options.priority, f"the priority of task {options.name},")
         # a def task's time limit needs the process pool: the worker checks that at its start
         # (producers import this module too, and never run the task)
         for setting in ("time_limit", "soft_time_limit"):
@@ -98,6 +102,11 @@ class Task(Generic[P, R]):
     @property
     def retry(self) -> RetryPolicy | None:
         return self.options.retry if self.options.retry is not None else self.app.default_retry
+
+    @property
+    def priority(self) -> int | None:
+        """The default priority of its jobs (None: normal)."""
+        return self.options.priority
 
     @property
     def serializer(self) -> Serializer:
@@ -140,6 +149,7 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         expires: datetime | float | None = None,
         headers: dict[str, str] | None = None,
+        priority: int | None = None,
         link: Callbacks = None,
         link_error: Callbacks = None,
     ) -> AsyncResult[R]:
@@ -148,6 +158,7 @@ class Task(Generic[P, R]):
         ``job_id`` is an idempotency key: the same id twice within the duplicate window stores
         one job. ``countdown`` (seconds) or ``eta`` (aware datetime) delay it on the server;
         ``expires`` (seconds from now, or an aware datetime) skips it if picked up later.
+        ``priority``: 0 (low) to 3 (urgent), higher runs first (default: the task's, else 1).
         ``link``: signatures sent with the result when it succeeds; ``link_error``: signatures
         sent with its id and error (``type``, ``message``, ``traceback``) if it fails for good.
         """
@@ -155,7 +166,7 @@ class Task(Generic[P, R]):
             self.check_arguments(tuple(args), kwargs or {})
             options: dict[str, Any] = {"queue": queue, "job_id": job_id, "countdown": countdown}
             options.update(eta=eta)
-            options.update(expires=expires, headers=headers)
+            options.update(expires=expires, headers=headers, priority=priority)
             sig = self.s(*args, **(kwargs or {})).set(
                 **{k: v for k, v in options.items() if v is not None}
             )
@@ -170,6 +181,7 @@ class Task(Generic[P, R]):
             eta=eta,
             expires=expires,
             headers=headers,
+            priority=priority,
         )
 
     delay_sync = blocking(delay)
@@ -181,6 +193,8 @@ class Task(Generic[P, R]):
         self.check_arguments(args, kwargs)
         broker = await self.app.broker()
         queue = options.pop("queue", None) or self.queue
+        if options.get("priority") is None:
+            options["priority"] = self.priority
         env = build_envelope(
             self.app.settings,
             self.name,

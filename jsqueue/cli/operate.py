@@ -37,8 +37,9 @@ from jsqueue.services.status import (
 def status(
     app_spec: str | None, url: str | None, log_level: str, monitor_url: str | None, as_json: bool
 ) -> None:
-    """Per queue: jobs ready, running, retrying, scheduled and dead-lettered, the workers and
-    the oldest ready job's age; then the server: version, cluster size, replicas, fsync."""
+    """Per queue: jobs ready, running, retrying (a short wait unacked, a long one on a server
+    schedule), scheduled and dead-lettered, the workers, the oldest ready job's age and whether
+    it is PAUSED; then the server: version, cluster size, replicas, fsync."""
     setup_logging(log_level)
     app = app_from(app_spec, url)
 
@@ -61,10 +62,21 @@ def status(
             str(q.dead),
             str(q.workers),
             "-" if q.oldest_ready_age is None else f"{q.oldest_ready_age:.1f}s",
+            "PAUSED" if q.paused else "active",
         )
         for q in queues
     ]
-    header = ("QUEUE", "READY", "RUNNING", "RETRYING", "SCHEDULED", "DEAD", "WORKERS", "OLDEST")
+    header = (
+        "QUEUE",
+        "READY",
+        "RUNNING",
+        "RETRYING",
+        "SCHEDULED",
+        "DEAD",
+        "WORKERS",
+        "OLDEST",
+        "STATE",
+    )
     table(header, rows)
     size = "unknown" if server.cluster_size is None else str(server.cluster_size)
     click.echo(

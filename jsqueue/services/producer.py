@@ -16,7 +16,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from jsqueue.config import Serializer, Settings, check_job_id, check_queue
+from jsqueue.config import (
+    PRIORITY_NORMAL,
+    Serializer,
+    Settings,
+    check_job_id,
+    check_priority,
+    check_queue,
+)
 from jsqueue.envelope import Envelope, encode, new_job_id
 from jsqueue.errors import ConfigError, PayloadTooLarge
 from jsqueue.services.events import enqueued
@@ -39,6 +46,8 @@ class Route(Protocol):
     def queue(self) -> str: ...
     @property
     def serializer(self) -> Serializer: ...
+    @property
+    def priority(self) -> int | None: ...
     def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None: ...
 
 
@@ -55,6 +64,7 @@ def build_envelope(
     eta: datetime | float | None = None,
     expires: datetime | float | None = None,
     headers: dict[str, str] | None = None,
+    priority: int | None = None,
     **extra: Any,
 ) -> Envelope:
     """Validate call options and build the envelope. ``extra`` sets canvas fields (link, chord)."""
@@ -85,6 +95,7 @@ def build_envelope(
         expires=expiry,
         headers=headers,
         serializer=serializer,
+        priority=None if priority is None else check_priority(priority),
         **extra,
     )
 
@@ -113,6 +124,8 @@ def signature_envelope(
     for name in fields:  # what the caller fixes wins (a chord's callback id, say)
         options.pop(name, None)
     queue = options.pop("queue", None) or (route.queue if route else settings.default_queue)
+    if options.get("priority") is None and route is not None and route.priority is not None:
+        options["priority"] = route.priority
     serializer: Serializer = route.serializer if route else settings.serializer
     if signature.get("on_error") and "on_error" not in fields:
         fields["on_error"] = tuple(signature["on_error"])
@@ -159,11 +172,17 @@ def wire_form(settings: Settings, env: Envelope) -> tuple[str, bytes, dict[str, 
     """The (subject, payload, headers) that carry ``env``."""
     payload = encode(env, settings.secret_key)
     headers = {MSG_ID: env.id}
+    target = settings.queue_subject(env.queue, level(env))
     if env.eta is not None and env.eta - time.time() > SCHEDULE_MIN_DELAY:
         headers[SCHEDULE] = f"@at {rfc3339(env.eta)}"
-        headers[SCHEDULE_TARGET] = settings.queue_subject(env.queue)
+        headers[SCHEDULE_TARGET] = target
         return settings.schedule_subject(env.queue, env.id), payload, headers
-    return settings.queue_subject(env.queue), payload, headers
+    return target, payload, headers
+
+
+def level(env: Envelope) -> int:
+    """The priority level ``env`` is sent at."""
+    return PRIORITY_NORMAL if env.priority is None else env.priority
 
 
 async def send(broker: Broker, env: Envelope) -> Ack:

@@ -222,9 +222,13 @@ class ResultBackend:
         note = {"at": time.time(), "terminate": terminate}
         await (await self.revocations()).put(job_id, json.dumps(note).encode())
         s = self.broker.settings
-        subject = s.schedule_subject("*", job_id)
-        scheduled = await self.broker.streams.get(s.jobs_stream, 1, subject=subject, next_=True)
-        await self.broker.streams.purge(s.jobs_stream, subject)
+        scheduled = None
+        # a delayed job, or one waiting out a long retry: its schedule is purged
+        for subject in (s.schedule_subject("*", job_id), s.retry_subject("*", job_id)):
+            found = await self.broker.streams.get(s.jobs_stream, 1, subject=subject, next_=True)
+            if found is not None:
+                scheduled = found
+                await self.broker.streams.purge(s.jobs_stream, subject)
         if scheduled is not None:  # no worker will see it: tell its sender here
             try:
                 notify = decode(scheduled.data, s.secret_key).notify

@@ -9,15 +9,16 @@ import asyncio
 import json
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jsqueue.config import JOB_ID_RULE, is_job_id, shorten
+from jsqueue.config import JOB_ID_RULE, PRIORITY_NORMAL, is_job_id, shorten
 from jsqueue.envelope import decode, peek
 from jsqueue.errors import DecodeError, JsqueueError
 from jsqueue.services import dlq
 from jsqueue.services.deps import Deps
 from jsqueue.services.handles import AsyncResult
+from jsqueue.services.queues import paused_queues
 from jsqueue.services.registry import REGISTRY_TTL, WorkerRegistry
 from jsqueue.wire import Broker
 
@@ -27,8 +28,10 @@ READY_SCAN_LIMIT = 10_000
 
 @dataclass
 class QueueStatus:
-    """One queue. ``unacked`` = ``running`` (on a worker now) + ``retrying`` (waiting out a
-    retry delay)."""
+    """One queue, all priority levels together. ``retrying`` counts jobs waiting out a retry:
+    a short one unacked on the server (``unacked`` = ``running`` + those), a long one on a
+    server schedule. ``scheduled`` counts delayed jobs; ``paused`` says whether workers hold
+    off its jobs (see :func:`jsqueue.services.queues.pause_queue`)."""
 
     queue: str
     ready: int = 0
@@ -39,6 +42,9 @@ class QueueStatus:
     dead: int = 0
     workers: int = 0
     oldest_ready_age: float | None = None
+    paused: bool = False
+    #: ready jobs per priority level that has any ("0" to "3")
+    ready_by_priority: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,20 +80,31 @@ async def queue_status(app: Deps, live: list[dict[str, Any]] | None = None) -> l
     def of(name: str) -> QueueStatus:
         return queues.setdefault(name, QueueStatus(name))
 
+    moved: dict[str, int] = {}
+    #: (queue, level) -> jobs ready: stored on the subject, or (with a consumer) not delivered
+    ready: dict[tuple[str, str], int] = {}
     for subject, count in (
         await broker.streams.subject_counts(s.jobs_stream, f"{s.prefix}.>")
     ).items():
         parts = subject.split(".")
         if parts[1] == "q":
-            of(parts[2]).ready += count
+            of(parts[2])
+            ready[(parts[2], _level(parts))] = count
         elif parts[1] == "sched":
             of(parts[2]).scheduled += count
+        elif parts[1] == "retry":
+            moved[parts[2]] = moved.get(parts[2], 0) + count
     for info in await broker.streams.consumers():
-        name = info.filter_subject
-        if name.startswith(f"{s.prefix}.q."):
-            queue = of(name.split(".", 2)[2])
-            queue.unacked = info.ack_pending
-            queue.ready = info.pending  # stored minus delivered
+        parts = info.filter_subject.split(".")
+        if len(parts) >= 3 and parts[0] == s.prefix and parts[1] == "q":
+            of(parts[2]).unacked += info.ack_pending
+            ready[(parts[2], _level(parts))] = info.pending  # stored minus delivered
+    for (name, level), count in ready.items():
+        of(name).ready += count
+        if count:
+            of(name).ready_by_priority[level] = count
+    for name in await paused_queues(app):
+        of(name).paused = True
     for subject, count in (
         await broker.streams.subject_counts(s.dlq_stream, s.dlq_subjects)
     ).items():
@@ -99,11 +116,16 @@ async def queue_status(app: Deps, live: list[dict[str, Any]] | None = None) -> l
             of(job.get("queue", "?")).running += 1
     now = time.time()
     for queue in queues.values():
-        queue.retrying = max(0, queue.unacked - queue.running)
+        queue.retrying = max(0, queue.unacked - queue.running) + moved.get(queue.queue, 0)
         if queue.ready:
             oldest = await broker.streams.oldest_ready(queue.queue)
             queue.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)
     return sorted(queues.values(), key=lambda q: q.queue)
+
+
+def _level(subject_parts: list[str]) -> str:
+    """The priority level of a queue subject (``<prefix>.q.<queue>[.p<level>]``)."""
+    return subject_parts[3][1:] if len(subject_parts) > 3 else str(PRIORITY_NORMAL)
 
 
 async def server_status(app: Deps, monitor_url: str | None = None) -> ServerStatus:
@@ -157,8 +179,10 @@ async def purge_queue(app: Deps, queue: str, scheduled: bool = False) -> int:
     broker = await app.broker()
     s = app.settings
     removed = await broker.streams.purge_subject(s.jobs_stream, s.queue_subject(queue))
+    removed += await broker.streams.purge_subject(s.jobs_stream, f"{s.queue_subject(queue)}.*")
     if scheduled:
-        removed += await broker.streams.purge_subject(s.jobs_stream, s.schedule_subject(queue, ">"))
+        for subject in (s.schedule_subject(queue, ">"), s.retry_subject(queue, ">")):
+            removed += await broker.streams.purge_subject(s.jobs_stream, subject)
     return removed
 
 
@@ -198,6 +222,9 @@ async def locate_job(app: Deps, job_id: str) -> dict[str, Any]:
     if delayed is not None:
         found.setdefault("where", "delayed")
         found["delayed_until"] = delayed
+    if await _waiting_retry(broker, app, job_id):
+        found.setdefault("where", "retrying")
+        found["retries_at"] = found.get("retry_at")
     letter = await dlq.find(broker, job_id)
     if letter is not None:
         found["where"] = "dead-lettered"
@@ -227,6 +254,13 @@ async def _delayed(broker: Broker, app: Deps, job_id: str) -> float | None:
         return decode(message.data, s.secret_key).eta
     except DecodeError:
         return None
+
+
+async def _waiting_retry(broker: Broker, app: Deps, job_id: str) -> bool:
+    """Whether ``job_id`` waits out a long retry on a server schedule."""
+    s = app.settings
+    subject = s.retry_subject("*", job_id)
+    return await broker.streams.get(s.jobs_stream, 1, subject=subject, next_=True) is not None
 
 
 async def _ready(broker: Broker, app: Deps, job_id: str) -> bool:

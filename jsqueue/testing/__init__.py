@@ -129,7 +129,8 @@ async def running_worker(app: App, **options: Any) -> AsyncIterator[Worker]:
 
 
 async def burst(app: App, **options: Any) -> WorkerStats:
-    """Run a burst worker: process everything queued (retries included), then return."""
+    """Run a burst worker: process everything queued (retries included, but for those long
+    enough to wait on a server schedule), then return."""
     return await Worker(app, burst=True, **options).run()
 
 

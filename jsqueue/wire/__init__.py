@@ -9,10 +9,11 @@ from jsqueue.wire.broker import Broker
 from jsqueue.wire.errors import translate
 from jsqueue.wire.kv import Entry, KeyExists, KvStore
 from jsqueue.wire.objects import ObjectStore
-from jsqueue.wire.pull import Delivery, Puller
+from jsqueue.wire.pull import ATTEMPT_HEADER, Delivery, Puller
 from jsqueue.wire.streams import ConsumerState, StoredMessage, StreamState
 
 __all__ = [
+    "ATTEMPT_HEADER",
     "Ack",
     "Broker",
     "ConsumerState",

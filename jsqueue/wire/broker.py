@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import nats.errors
+import nats.js.errors
 
-from jsqueue.config import Settings, redact_url
+from jsqueue.config import PRIORITY_NORMAL, Settings, redact_url
 from jsqueue.errors import ConnectError, JsqueueError, RefusedError, TransientError
 from jsqueue.wire.acks import Ack
 from jsqueue.wire.connection import Connection
@@ -166,14 +167,15 @@ class Broker:
         """Create or update the jobs and dead-letter streams (idempotent)."""
         await self._ride("provisioning the streams", self._provision.streams)
 
-    async def ensure_consumer(self, queue: str) -> str:
-        """Create or update the durable pull consumer of ``queue``; return its name."""
+    async def ensure_consumer(self, queue: str, priority: int = PRIORITY_NORMAL) -> str:
+        """Create or update the durable pull consumer of ``queue``'s jobs of ``priority``;
+        return its name."""
         return await self._ride(
-            f"creating the consumer of {queue}", self._provision.consumer, queue
+            f"creating the consumer of {queue}", self._provision.consumer, queue, priority
         )
 
-    def forget_consumer(self, queue: str) -> None:
-        self._provision.forget_consumer(queue)
+    def forget_consumer(self, queue: str, priority: int = PRIORITY_NORMAL) -> None:
+        self._provision.forget_consumer(queue, priority)
 
     def puller(
         self,
@@ -182,11 +184,43 @@ class Broker:
         capacity: int,
         on_delivery: Callable[[Delivery], None],
         on_late: Callable[[Delivery], None],
+        *,
+        priority: int = PRIORITY_NORMAL,
+        expires: float = 30.0,
     ) -> Puller:
-        """A pull loop on ``queue``'s consumer for a worker with ``capacity`` slots."""
+        """A pull loop on the consumer of ``queue``'s jobs of ``priority``, asking for at most
+        ``capacity`` jobs at a time (the worker may change it); a pull request waits at most
+        ``expires`` seconds."""
         return Puller(
-            self.connection, self._provision, queue, consumer, capacity, on_delivery, on_late
+            self.connection,
+            self._provision,
+            queue,
+            consumer,
+            capacity,
+            on_delivery,
+            on_late,
+            priority=priority,
+            expires=expires,
         )
+
+    async def pause_consumers(self, consumers: list[str], until: str | None) -> None:
+        """Pause ``consumers`` of the jobs stream until ``until`` (RFC 3339), or resume them
+        (None). A consumer that does not exist yet is skipped: it is created paused or not by
+        whoever creates it."""
+        stream = self.settings.jobs_stream
+        for name in consumers:
+            await self._ride(f"pausing {name}", self._pause_one, stream, name, until)
+
+    @translated
+    async def _pause_one(self, stream: str, name: str, until: str | None) -> None:
+        js = self.connection.jetstream
+        try:
+            if until is None:
+                await js.resume_consumer(stream, name)
+            else:
+                await js.pause_consumer(stream, name, until)
+        except nats.js.errors.NotFoundError:
+            return
 
     async def kv(self, purpose: str, *, ttl: float | None = None, history: int = 1) -> KvStore:
         """The KV bucket ``<prefix>_<purpose>``, created (or its TTL updated) if needed."""

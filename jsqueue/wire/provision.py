@@ -14,7 +14,7 @@ from typing import Any
 import nats.js.errors
 from nats.js import api as js_api
 
-from jsqueue.config import Settings
+from jsqueue.config import PRIORITY_NORMAL, Settings
 from jsqueue.errors import ProvisionError
 from jsqueue.wire.connection import Connection
 
@@ -50,8 +50,8 @@ class Provisioner:
         await self.ensure_stream(
             js_api.StreamConfig(
                 name=s.jobs_stream,
-                description="jsqueue jobs: ready queues and delayed (scheduled) jobs",
-                subjects=[s.queue_subjects, s.schedule_subjects],
+                description="jsqueue jobs: ready queues, delayed jobs and long retries",
+                subjects=[s.queue_subjects, s.schedule_subjects, s.retry_subjects],
                 retention=js_api.RetentionPolicy.WORK_QUEUE,
                 storage=js_api.StorageType.FILE,
                 discard=js_api.DiscardPolicy.OLD,
@@ -125,16 +125,18 @@ class Provisioner:
             )
         return ProvisionError(f"cannot create stream {name}: {exc.description} ({exc.err_code})")
 
-    async def consumer(self, queue: str) -> str:
-        """Create or update the durable pull consumer of ``queue``; return its name."""
+    async def consumer(self, queue: str, priority: int = PRIORITY_NORMAL) -> str:
+        """Create or update the durable pull consumer of ``queue``'s jobs of ``priority``;
+        return its name. A paused consumer stays paused (the server keeps ``pause_until`` when
+        a config without one is applied again)."""
         s = self.settings
-        name = s.consumer_name(queue)
+        name = s.consumer_name(queue, priority)
         if name in self._consumers_ready:
             return name
         config = js_api.ConsumerConfig(
             durable_name=name,
-            description=f"jsqueue workers of queue {queue}",
-            filter_subject=s.queue_subject(queue),
+            description=f"jsqueue workers of queue {queue}, priority {priority}",
+            filter_subject=s.queue_subject(queue, priority),
             deliver_policy=js_api.DeliverPolicy.ALL,
             ack_policy=js_api.AckPolicy.EXPLICIT,
             ack_wait=s.ack_wait,
@@ -157,9 +159,9 @@ class Provisioner:
         self._consumers_ready.add(name)
         return name
 
-    def forget_consumer(self, queue: str) -> None:
+    def forget_consumer(self, queue: str, priority: int = PRIORITY_NORMAL) -> None:
         """Make the next :meth:`consumer` create the consumer again."""
-        self._consumers_ready.discard(self.settings.consumer_name(queue))
+        self._consumers_ready.discard(self.settings.consumer_name(queue, priority))
 
 
 def _differences(

@@ -19,6 +19,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from jsqueue.config import PRIORITY_NORMAL
 from jsqueue.wire.connection import Connection
 from jsqueue.wire.errors import translated
 from jsqueue.wire.provision import Provisioner
@@ -29,6 +30,9 @@ _ACK, _NAK, _WPI, _TERM = b"+ACK", b"-NAK", b"+WPI", b"+TERM"
 _STATUS = "Status"
 _DESCRIPTION = "Description"
 _PENDING_MSGS = "Nats-Pending-Messages"
+#: the header that carries how many times a re-published job already ran (a long retry moved
+#: onto a schedule, a job handed back while its queue is paused)
+ATTEMPT_HEADER = "Jsq-Attempt"
 
 
 class Delivery:
@@ -42,8 +46,11 @@ class Delivery:
     __slots__ = (
         "_connection",
         "attempt",
+        "carried",
         "data",
+        "delivered",
         "headers",
+        "priority",
         "queue",
         "received",
         "reply",
@@ -60,17 +67,24 @@ class Delivery:
         reply: str,
         data: bytes,
         headers: dict[str, str] | None,
+        priority: int = PRIORITY_NORMAL,
     ) -> None:
         self._connection = connection
         self.queue = queue
+        #: the priority level of the consumer it came from
+        self.priority = priority
         self.subject = subject
         self.reply = reply
         self.data = data
         self.headers: dict[str, str] = headers or {}
         self.received = time.monotonic()
         self.settled = False
-        #: which delivery this is (1 = first), counted by the server across worker crashes
-        self.attempt, self.stream_seq = _delivery_numbers(reply)
+        #: which delivery of this message this is (1 = first), counted by the server
+        self.delivered, self.stream_seq = _delivery_numbers(reply)
+        #: runs of the job before this message was published (0 unless re-published)
+        self.carried = _carried(self.headers)
+        #: which run of the job this is (1 = first): across worker crashes and re-publishing
+        self.attempt = self.carried + self.delivered
 
     @translated
     async def ack(self) -> None:
@@ -112,6 +126,16 @@ def _delivery_numbers(reply: str) -> tuple[int, int]:
     return int(tokens[4 + offset]), int(tokens[5 + offset])
 
 
+def _carried(headers: dict[str, str]) -> int:
+    value = headers.get(ATTEMPT_HEADER)
+    if value is None:
+        return 0
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0  # not ours to trust: count from this message
+
+
 class Puller:
     """Pulls jobs of one queue for a worker that has ``capacity`` slots.
 
@@ -130,24 +154,34 @@ class Puller:
         on_delivery: Callable[[Delivery], None],
         on_late: Callable[[Delivery], None],
         *,
+        priority: int = PRIORITY_NORMAL,
         expires: float = 30.0,
         idle_heartbeat: float = 5.0,
     ) -> None:
         self.connection = connection
         self.provisioner = provisioner
         self.queue = queue
+        self.priority = priority
+        #: how many jobs it may hold and have requested at once (the worker may change it)
         self.capacity = capacity
+        #: nothing came during a whole request's lifetime: there is no work for it now (it starts
+        #: so, and the first delivery says otherwise)
+        self.idle = True
+        self._last_delivery = 0.0
+        #: called when ``idle`` changes (the worker lends slots to the queues that have work)
+        self.on_idle_change: Callable[[], None] | None = None
+        #: how many more jobs the worker may hold, all its pullers together (None: no bound)
+        self.room: Callable[[], int] | None = None
         self._on_delivery = on_delivery
         self._on_late = on_late
         stream = provisioner.settings.jobs_stream
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._expires = expires
-        self._heartbeat = idle_heartbeat
+        self._heartbeat = min(idle_heartbeat, expires / 2)  # the server wants it below expires
         self._inbox = ""
         self._sub: Any = None  # nats-py's Subscription, untyped
         self.held = 0  # slots in use: delivered to the worker and not yet released
         self.outstanding = 0  # requested from the server and not yet delivered
-        self._refill_at = max(1, capacity // 2)
         self._stopping = False
         self._last_heard = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
@@ -156,6 +190,16 @@ class Puller:
     @property
     def free(self) -> int:
         return self.capacity - self.held - self.outstanding
+
+    @property
+    def _refill_at(self) -> int:
+        return max(1, self.capacity // 2)
+
+    def _set_idle(self, idle: bool) -> None:
+        if idle != self.idle:
+            self.idle = idle
+            if self.on_idle_change is not None:
+                self.on_idle_change()
 
     @translated
     async def start(self) -> None:
@@ -174,8 +218,16 @@ class Puller:
         self.outstanding = max(0, self.outstanding - 1)
         self.held += 1
         delivery = Delivery(
-            self.connection, self.queue, msg.subject, msg.reply, msg.data, msg.headers
+            self.connection,
+            self.queue,
+            msg.subject,
+            msg.reply,
+            msg.data,
+            msg.headers,
+            self.priority,
         )
+        self._last_delivery = self._last_heard
+        self._set_idle(False)
         if self._stopping:
             self._on_late(delivery)
             return
@@ -189,14 +241,16 @@ class Puller:
         if status in ("408", "409") and "Server Shutdown" not in description:
             pending = int(headers.get(_PENDING_MSGS, "0") or 0)
             self.outstanding = max(0, self.outstanding - pending)
+            if status == "408" and self._last_heard - self._last_delivery >= self._expires:
+                self._set_idle(True)  # it asked, waited a request's lifetime, and nothing came
             if status == "409":
                 log.debug("pull on %s answered 409 %s", self.queue, description)
             if "Consumer Deleted" in description:
                 log.warning("consumer of queue %s was deleted; recreating it", self.queue)
                 self.outstanding = 0
-                self.provisioner.forget_consumer(self.queue)
+                self.provisioner.forget_consumer(self.queue, self.priority)
                 try:
-                    await self.provisioner.consumer(self.queue)
+                    await self.provisioner.consumer(self.queue, self.priority)
                 except Exception as exc:  # an outage: the watchdog pulls again
                     log.warning("recreating the consumer of %s failed: %s", self.queue, exc)
             await self._pull()
@@ -207,11 +261,15 @@ class Puller:
     async def release(self, count: int = 1) -> None:
         """Slots came free (jobs settled); ask for more when half the capacity is free."""
         self.held -= count
-        if self.free >= self._refill_at:
+        await self.refill()
+
+    async def refill(self) -> None:
+        """Ask for more if half the capacity is free (after :attr:`capacity` changed, say)."""
+        if self.free >= self._refill_at or (self.outstanding == self.held == 0 < self.free):
             await self._pull()
 
     async def _pull(self) -> None:
-        want = self.free
+        want = self.free if self.room is None else min(self.free, self.room())
         if want <= 0 or self._stopping or not self.connection.is_connected:
             return
         request = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import nats.js.errors
 from nats.js import api as js_api
 
-from jsqueue.config import BUCKETS, Settings
+from jsqueue.config import BUCKETS, PRIORITIES, PRIORITY_NORMAL, Settings
 from jsqueue.wire.connection import Connection
 from jsqueue.wire.errors import riding_elections, translated
 
@@ -94,11 +94,11 @@ class Streams:
         )
 
     @translated
-    async def consumer(self, queue: str) -> ConsumerState | None:
-        """The state of ``queue``'s consumer, or None if it does not exist."""
+    async def consumer(self, queue: str, priority: int = PRIORITY_NORMAL) -> ConsumerState | None:
+        """The state of the consumer of ``queue``'s jobs of ``priority``, or None."""
         s = self.settings
         try:
-            info = await self._js.consumer_info(s.jobs_stream, s.consumer_name(queue))
+            info = await self._js.consumer_info(s.jobs_stream, s.consumer_name(queue, priority))
         except nats.js.errors.NotFoundError:
             return None
         return _consumer(info)
@@ -136,12 +136,16 @@ class Streams:
             start_seq = msg.seq + 1
 
     async def oldest_ready(self, queue: str) -> float | None:
-        """When the oldest job of ``queue`` not yet delivered to a worker was stored."""
-        state = await self.consumer(queue)
-        start = state.delivered_stream_seq + 1 if state else 1
-        subject = self.settings.queue_subject(queue)
-        msg = await self.get(self.settings.jobs_stream, start, subject=subject, next_=True)
-        return None if msg is None else msg.time
+        """When the oldest job of ``queue`` (any priority) not yet delivered was stored."""
+        oldest = None
+        for level in PRIORITIES:
+            state = await self.consumer(queue, level)
+            start = state.delivered_stream_seq + 1 if state else 1
+            subject = self.settings.queue_subject(queue, level)
+            msg = await self.get(self.settings.jobs_stream, start, subject=subject, next_=True)
+            if msg is not None and (oldest is None or msg.time < oldest):
+                oldest = msg.time
+        return oldest
 
     @translated
     async def delete(self, stream: str, seq: int) -> bool:

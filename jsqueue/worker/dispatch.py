@@ -1,9 +1,22 @@
-"""Handing deliveries to job tasks: one lane per queue, never more jobs started than slots.
+"""Handing deliveries to job tasks: one lane per queue and priority level, sharing the worker's
+slots.
 
-A delivery starts at once if its lane has a free slot, else waits in the lane's backlog (held,
-its heartbeats sent); a settled job frees its slot for the next, and its puller asks the server
-for more. At shutdown the pullers close first, so that a job given back cannot come back to this
-worker's own open pull requests.
+Every lane (a queue at one priority level, see :data:`jsqueue.config.PRIORITIES`) has a puller.
+The worker's ``concurrency`` slots belong to no lane: a delivery starts when a slot is free, and
+when several lanes have deliveries waiting, the next slot goes to the lane whose turn it is,
+turns weighted by priority (a level gets twice the share of the one below it), so urgent work
+overtakes a backlog and low work still moves while urgent work keeps coming. A lane that has
+work may ask the server for up to ``concurrency`` jobs; one that found nothing on its last
+request asks for one, which is enough to notice work. However many lanes ask, the worker holds
+at most twice its concurrency (running plus waiting for a slot) and ``max(2, lanes)`` more at
+most for the one-job requests of idle lanes: a bounded over-pull, so that a free slot always
+has a job to start and a worker on ``-Q a,b`` with ``a`` empty runs ``b`` on every slot.
+
+A waiting delivery has its heartbeats sent, so its ack timer never runs out. A paused lane
+starts nothing and asks for nothing; a delivery that waits on it longer than ``hold`` seconds
+is handed back (re-published with its attempt carried, then acked: a wait is not an attempt).
+At shutdown the pullers close first, so that a job given back cannot come back to this worker's
+own open pull requests.
 """
 
 from __future__ import annotations
@@ -15,52 +28,128 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from jsqueue.config import PRIORITY_NORMAL
 from jsqueue.wire import Delivery, Puller
 
 log = logging.getLogger("jsqueue.worker")
 
+#: seconds a delivery may wait on a paused lane before it is handed back
+PAUSE_HOLD = 30.0
 
-@dataclass
+
+@dataclass(eq=False)
 class Lane:
-    """One queue's puller, with the jobs it runs and those waiting for a slot."""
+    """One queue at one priority level: its puller, and its deliveries waiting for a slot."""
 
+    queue: str
+    priority: int
     puller: Puller
+    waiting: deque[Delivery] = field(default_factory=deque)
     running: int = 0
-    backlog: deque[Delivery] = field(default_factory=deque)
+    paused: bool = False
+    #: stride scheduling: the virtual time of its next turn (it advances 1/weight a start)
+    turn: float = 0.0
+
+    @property
+    def weight(self) -> int:
+        return int(2**self.priority)
+
+    @property
+    def held(self) -> int:
+        return self.running + len(self.waiting)
 
 
 class Dispatch:
     """Starts ``process(delivery)`` tasks, slot by slot, and gives jobs back when told to."""
 
     def __init__(
-        self, process: Callable[[Delivery], Awaitable[None]], stopping: Callable[[], bool]
+        self,
+        process: Callable[[Delivery], Awaitable[None]],
+        stopping: Callable[[], bool],
+        concurrency: int = 1,
+        hand_back: Callable[[Delivery], Awaitable[None]] | None = None,
     ) -> None:
         self._process = process
         self._stopping = stopping
-        self.lanes: dict[str, Lane] = {}
+        self.concurrency = concurrency
+        self._hand_back = hand_back
+        self.lanes: dict[tuple[str, int], Lane] = {}
         #: the asyncio tasks of the jobs in flight (strong references)
         self.tasks: set[asyncio.Task[None]] = set()
         #: deliveries held (running or waiting for a slot) -> when they arrived (monotonic)
         self.active: dict[Delivery, float] = {}
+        self.running = 0
+        self._clock = 0.0
 
-    def add_lane(self, queue: str, puller: Puller) -> None:
-        self.lanes[queue] = Lane(puller)
+    # -- lanes ---------------------------------------------------------------------------------
+
+    def add_lane(self, queue: str, puller: Puller, priority: int = PRIORITY_NORMAL) -> None:
+        self.lanes[(queue, priority)] = Lane(queue, priority, puller)
+        puller.on_idle_change = self._on_idle_change
+        puller.room = self._pull_room
+        self._set_caps()
+
+    @property
+    def budget(self) -> int:
+        """Jobs the worker may hold and have requested, all lanes together."""
+        return 2 * self.concurrency + max(2, len(self.lanes))
 
     def held(self) -> int:
         """Deliveries waiting for a slot, in every lane."""
-        return sum(len(lane.backlog) for lane in self.lanes.values())
+        return sum(len(lane.waiting) for lane in self.lanes.values())
+
+    def _set_caps(self) -> None:
+        """A lane with work may ask for up to ``concurrency`` jobs (half as many again while
+        other lanes have work too, so that a free slot finds a job of each waiting and the
+        turns can be kept), an idle one for one, a paused one for none; the budget bounds them
+        together (see :meth:`_pull_room`)."""
+        only = len(self.lanes) == 1
+        busy = sum(1 for lane in self.lanes.values() if not lane.puller.idle and not lane.paused)
+        share = self.concurrency + (max(1, self.concurrency // 2) if busy > 1 else 0)
+        for lane in self.lanes.values():
+            if lane.paused:
+                lane.puller.capacity = lane.puller.held  # nothing new
+            elif only or not lane.puller.idle:
+                lane.puller.capacity = share
+            else:
+                lane.puller.capacity = lane.puller.held + 1
+
+    def _on_idle_change(self) -> None:
+        self._set_caps()
+        self._refill_soon()
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Stop (or go on) starting and pulling ``queue``'s jobs, at every priority level."""
+        changed = False
+        for lane in self.lanes.values():
+            if lane.queue == queue and lane.paused != paused:
+                lane.paused = paused
+                changed = True
+                if not paused:
+                    lane.turn = max(lane.turn, self._clock)
+        if not changed:
+            return
+        self._set_caps()
+        if not paused:
+            self._fill()
+            self._refill_soon()
+
+    def paused_queues(self) -> set[str]:
+        return {lane.queue for lane in self.lanes.values() if lane.paused}
+
+    # -- deliveries ----------------------------------------------------------------------------
 
     def on_delivery(self, delivery: Delivery) -> None:
-        lane = self.lanes[delivery.queue]
-        if lane.running < lane.puller.capacity:
-            self._start(lane, delivery)
-        else:
-            lane.backlog.append(delivery)
-            self.active[delivery] = time.monotonic()
+        lane = self.lanes[(delivery.queue, delivery.priority)]
+        if not lane.waiting and not lane.running:
+            lane.turn = max(lane.turn, self._clock)  # no credit for the time it had no work
+        lane.waiting.append(delivery)
+        self.active[delivery] = time.monotonic()
+        self._fill()
 
     def on_late(self, delivery: Delivery) -> None:
         """A job that arrived after we stopped pulling: give it back at once."""
-        lane = self.lanes[delivery.queue]
+        lane = self.lanes[(delivery.queue, delivery.priority)]
 
         async def give_back() -> None:
             await self.give_back(delivery)
@@ -68,9 +157,23 @@ class Dispatch:
 
         self._track(asyncio.get_running_loop().create_task(give_back()))
 
+    def _fill(self) -> None:
+        """Start waiting deliveries while slots are free: the lane whose turn it is first
+        (ties: the higher priority)."""
+        if self._stopping():
+            return
+        while self.running < self.concurrency:
+            ready = [lane for lane in self.lanes.values() if lane.waiting and not lane.paused]
+            if not ready:
+                return
+            lane = min(ready, key=lambda lane: (lane.turn, -lane.priority))
+            self._clock = lane.turn
+            lane.turn += 1.0 / lane.weight
+            self._start(lane, lane.waiting.popleft())
+
     def _start(self, lane: Lane, delivery: Delivery) -> None:
         lane.running += 1
-        self.active[delivery] = time.monotonic()
+        self.running += 1
         self._track(asyncio.get_running_loop().create_task(self._handle(lane, delivery)))
 
     def _track(self, task: asyncio.Task[None]) -> None:
@@ -90,9 +193,35 @@ class Dispatch:
         finally:
             self.active.pop(delivery, None)
             lane.running -= 1
-            if lane.backlog and not self._stopping():
-                self._start(lane, lane.backlog.popleft())
-            await lane.puller.release()
+            self.running -= 1
+            self._fill()
+            lane.puller.held -= 1
+            await self._refill(lane)
+
+    # -- pulling -------------------------------------------------------------------------------
+
+    def _pull_room(self) -> int:
+        used = sum(lane.puller.held + lane.puller.outstanding for lane in self.lanes.values())
+        return self.budget - used
+
+    async def _refill(self, first: Lane | None = None) -> None:
+        """Let lanes ask for more, ``first`` first, then by priority, within the budget."""
+        lanes = sorted(self.lanes.values(), key=lambda lane: -lane.priority)
+        if first is not None:
+            lanes.remove(first)
+            lanes.insert(0, first)
+        for lane in lanes:
+            if lane.paused or lane.puller.free <= 0:
+                continue
+            if self._pull_room() <= 0:
+                return
+            await lane.puller.refill()
+
+    def _refill_soon(self) -> None:
+        if not self._stopping():
+            self._track(asyncio.get_running_loop().create_task(self._refill()))
+
+    # -- giving back ---------------------------------------------------------------------------
 
     async def give_back(self, delivery: Delivery) -> None:
         """``nak`` a delivery that is not settled, so that it runs again at once elsewhere."""
@@ -102,6 +231,28 @@ class Dispatch:
                 await delivery.nak()
             except Exception as exc:  # disconnected: it comes back after ack_wait
                 log.debug("nak at shutdown failed: %r", exc)
+
+    async def hand_back_held(self, hold: float = PAUSE_HOLD) -> int:
+        """Hand back what waited on a paused lane longer than ``hold`` seconds; how many."""
+        if self._hand_back is None:
+            return 0
+        now = time.monotonic()
+        handed = 0
+        for lane in self.lanes.values():
+            if not lane.paused:
+                continue
+            while lane.waiting and now - self.active.get(lane.waiting[0], now) > hold:
+                delivery = lane.waiting.popleft()
+                try:
+                    await self._hand_back(delivery)
+                except Exception as exc:  # try again at the next look; it stays held
+                    lane.waiting.appendleft(delivery)
+                    log.warning("job on paused %s not handed back: %s", lane.queue, exc)
+                    break
+                self.active.pop(delivery, None)
+                lane.puller.held -= 1
+                handed += 1
+        return handed
 
     async def drain(self, grace: float) -> None:
         """Stop pulling, let running jobs finish within ``grace``, give back the rest."""
@@ -117,7 +268,14 @@ class Dispatch:
                     task.cancel()
                 await asyncio.wait(pending, timeout=10)
         for lane in self.lanes.values():
-            while lane.backlog:
-                delivery = lane.backlog.popleft()
+            while lane.waiting:
+                delivery = lane.waiting.popleft()
                 await self.give_back(delivery)
-                await lane.puller.release()
+                lane.puller.held -= 1
+
+    def clear(self) -> None:
+        """Forget every waiting delivery (their connection is gone: they come back)."""
+        for lane in self.lanes.values():
+            for delivery in lane.waiting:
+                self.active.pop(delivery, None)
+            lane.waiting.clear()

@@ -65,11 +65,14 @@ def undecodable(job: Job, exc: DecodeError) -> Plan:
     return outcome.dead(Reason.UNDECODABLE, followers=False)
 
 
-def suspect(recorded: Outcome | None) -> bool:
-    """Whether a job delivered again may have killed its worker: not if it was given back to
-    wait out a retry its task asked for (a RETRY record from an exception it raised)."""
+def suspect(recorded: Outcome | None, attempt: int) -> bool:
+    """Whether attempt ``attempt`` of a job may follow one that killed its worker: not if the
+    attempt just before it was given back to wait out a retry its task asked for (a RETRY
+    record of that attempt, from an exception it raised)."""
     if recorded is None or recorded.state is not JobState.RETRY:
         return True
+    if recorded.record.get("attempts") != attempt - 1:
+        return True  # a later attempt ran after that retry, and left no record: it died
     return bool(recorded.record.get("crashed"))
 
 

@@ -58,11 +58,6 @@ class WorkerOptions:
             concurrency = 32 if pool == "thread" else len(os.sched_getaffinity(0))
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
-        if concurrency < len(checked):
-            raise ConfigError(
-                f"concurrency {concurrency} is less than the {len(checked)} queue(s) to "
-                "consume: each queue needs a slot of its own; raise -c or consume fewer queues"
-            )
         if pool == "thread" and (max_tasks_per_child or max_memory_per_child):
             raise ConfigError(
                 "--max-tasks-per-child and --max-memory-per-child recycle pool children: use "

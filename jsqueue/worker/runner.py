@@ -34,6 +34,7 @@ from jsqueue.errors import (
 )
 from jsqueue.hooks import Hooks, JobEvent, emit
 from jsqueue.outcome import Action, Plan, Reason, Record
+from jsqueue.services import republish
 from jsqueue.services.continuation import has_followers
 from jsqueue.services.results import (
     JobState,
@@ -153,6 +154,9 @@ class JobRunner:
                 if success and followers:
                     job.value = recorded.value(settings.secret_key)
                 return outcome.already_final(success, followers=followers)
+            moved = recorded.record.get("moved") if recorded is not None else None
+            if isinstance(moved, int) and delivery.carried < moved:
+                return await self._moved_on(job, recorded, moved)
         if attempt > settings.max_deliver:
             job.error = CrashLoop(
                 f"delivered {attempt} times without an outcome (max_deliver="
@@ -179,13 +183,26 @@ class JobRunner:
         except ArgumentsError as exc:
             job.error = exc
             return outcome.dead(Reason.WRONG_ARGUMENTS, followers=followers)
-        if attempt > 1 and self.executor.in_worker(task) and intake.suspect(recorded):
+        if attempt > 1 and self.executor.in_worker(task) and intake.suspect(recorded, attempt):
             crashes = intake.crashes_alone(recorded, attempt - 1)
             if crashes >= intake.CRASHES_ALONE:
                 return self._killed_its_worker(job, recorded)
             job.alone = True
             job.crashes_alone = crashes
         return await self._run(job)
+
+    async def _moved_on(self, job: Job, recorded: Outcome | None, moved: int) -> Plan:
+        """An old message of a job whose retry moved onto a server schedule after attempt
+        ``moved`` (its ack was lost): send the schedule again, idempotently, and ack this one
+        without running it."""
+        assert job.job_id is not None
+        retry_at = recorded.record.get("retry_at") if recorded is not None else None
+        at = float(retry_at) if isinstance(retry_at, int | float) else time.time()
+        await republish.schedule_retry(
+            self.broker, job.delivery, job_id=job.job_id, attempts=moved, at=at
+        )
+        job.why = f"moved onto a retry schedule after attempt {moved}"
+        return outcome.skipped_moved()
 
     def _killed_its_worker(self, job: Job, recorded: Outcome | None) -> Plan:
         """The job's worker died each of the last ``CRASHES_ALONE`` times it ran alone there: it

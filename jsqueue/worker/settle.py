@@ -35,7 +35,7 @@ from jsqueue.errors import (
 )
 from jsqueue.hooks import Hooks, JobEvent, emit
 from jsqueue.outcome import Action, Counter, Event, FollowUp, Plan, Reason, Record, dead
-from jsqueue.services import continuation, dlq
+from jsqueue.services import continuation, dlq, republish
 from jsqueue.services.results import JobState, ResultBackend, state_record
 from jsqueue.wire import Broker, Delivery, translate
 
@@ -158,6 +158,9 @@ class Settler:
         delivery = job.delivery
         if plan.action is Action.ACK:
             await delivery.ack()
+        elif plan.action is Action.RETRY and self._moves(job, plan):
+            await self._move(job, plan)
+            await delivery.ack()
         elif plan.action is Action.RETRY:
             await delivery.nak(plan.delay)
         else:
@@ -168,6 +171,25 @@ class Settler:
             await self._emit(job, plan)
 
     # -- the steps -----------------------------------------------------------------------------
+
+    def _moves(self, job: Job, plan: Plan) -> bool:
+        """Whether the retry waits on a server schedule rather than in ``nak``: a wait that
+        long would hold one of the queue's ``max_ack_pending`` slots all the while."""
+        return job.job_id is not None and plan.delay >= self.app.settings.schedule_retries_after
+
+    async def _move(self, job: Job, plan: Plan) -> None:
+        """Send the job again, due after ``plan.delay``, its attempts carried (the RETRY record
+        says ``moved``: a delivery of the old message after this is only acked)."""
+        assert job.job_id is not None
+        delivery = job.delivery
+        await republish.schedule_retry(
+            self.broker,
+            delivery,
+            job_id=job.job_id,
+            attempts=delivery.attempt,
+            at=time.time() + plan.delay,
+        )
+        job.note = " (on a server schedule)"
 
     async def _record_success(self, job: Job, plan: Plan) -> Plan:
         assert job.job_id is not None
@@ -258,6 +280,8 @@ class Settler:
             now = time.time()
             fields.update(attempts=delivery.attempt, at=now, retry_at=now + plan.delay)
             fields["error"] = error
+            if self._moves(job, plan):
+                fields["moved"] = delivery.attempt
             if job.crashed:
                 fields["crashed"] = True
         elif plan.record in (Record.EXPIRED, Record.REVOKED):

@@ -14,11 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from jsqueue.config import Settings
+from jsqueue.config import PRIORITIES, Settings
 from jsqueue.hooks import Hooks, queue_stats
 from jsqueue.pools.thread import ThreadPool
 from jsqueue.services.registry import REGISTRY_EVERY, WorkerRegistry, versions
 from jsqueue.wire import Broker, Delivery
+from jsqueue.worker.dispatch import Dispatch
 from jsqueue.worker.execute import Limits, Pool, TaskExecutor
 from jsqueue.worker.settle import WorkerStats
 
@@ -39,6 +40,7 @@ class WorkerView(Protocol):
     executor: TaskExecutor | None
     broker: Broker | None
     reports: dict[str, dict[str, dict[str, Any]]]
+    dispatch: Dispatch
 
     @property
     def active(self) -> dict[Delivery, float]: ...
@@ -67,6 +69,16 @@ def stuck(limit: float | None, pool: Pool | None) -> dict[str, tuple[str, float]
         for job_id, (task, started) in list(pool.running.items())
         if now - started > limit
     }
+
+
+async def hand_back_held(worker: WorkerView, every: float = 5.0) -> None:
+    """Hand back deliveries that waited on a paused queue too long (a worker holds none for
+    the whole pause: other workers take them after the resume)."""
+    while True:
+        await asyncio.sleep(every)
+        handed = await worker.dispatch.hand_back_held()
+        if handed:
+            log.info("%d job(s) of paused queues handed back", handed)
 
 
 async def heartbeats(worker: WorkerView) -> None:
@@ -106,9 +118,8 @@ async def report(worker: WorkerView, registry: WorkerRegistry) -> None:
             await registry.beat(record(worker))
             if worker.hooks and worker.broker is not None:
                 for queue in worker.queues:
-                    info = await worker.broker.streams.consumer(queue)
-                    if info is not None:
-                        await queue_stats(worker.hooks, queue, info.pending, info.ack_pending)
+                    ready, unacked = await _counts(worker.broker, queue)
+                    await queue_stats(worker.hooks, queue, ready, unacked)
         except Exception as exc:  # an outage: the record expires, then comes back
             log.debug("registry heartbeat failed: %r", exc)
         await asyncio.sleep(REGISTRY_EVERY)
@@ -178,7 +189,9 @@ def _child(child: Any) -> dict[str, Any]:
 
 
 async def burst_watch(worker: WorkerView, queues: Sequence[str] | None = None) -> None:
-    """In burst mode, stop once no queue has jobs ready or unacked and nothing runs."""
+    """In burst mode, stop once no queue has jobs ready or unacked and nothing runs (a retry
+    waiting on a server schedule, at least ``schedule_retries_after`` away, is not waited
+    for)."""
     broker = worker.broker
     assert broker is not None
     while not worker.stopping:
@@ -187,10 +200,21 @@ async def burst_watch(worker: WorkerView, queues: Sequence[str] | None = None) -
             continue
         idle = True
         for queue in queues or worker.queues:
-            info = await broker.streams.consumer(queue)
-            if info is None or info.pending or info.ack_pending:
+            ready, unacked = await _counts(broker, queue)
+            if ready or unacked:
                 idle = False
                 break
         if idle and not worker.tasks:
             log.info("worker %s: queues are empty (burst mode)", worker.id)
             worker.stop()
+
+
+async def _counts(broker: Broker, queue: str) -> tuple[int, int]:
+    """(ready, unacked) of ``queue``, every priority level together."""
+    ready = unacked = 0
+    for level in PRIORITIES:
+        info = await broker.streams.consumer(queue, level)
+        if info is not None:
+            ready += info.pending
+            unacked += info.ack_pending
+    return ready, unacked

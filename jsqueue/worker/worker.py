@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from jsqueue.app import App
-from jsqueue.config import Settings
+from jsqueue.config import PRIORITIES, Settings
 from jsqueue.hooks import Hooks
 from jsqueue.pools import ProcessPool
 from jsqueue.pools.thread import ThreadPool
+from jsqueue.services import republish
 from jsqueue.services.events import EventPublisher
+from jsqueue.services.queues import PAUSED_UNTIL, PausedQueues
 from jsqueue.services.registry import REGISTRY_TTL, WorkerRegistry
 from jsqueue.services.results import RevokedSet
 from jsqueue.wire import Broker, Delivery
@@ -37,6 +39,10 @@ from jsqueue.worker.progress import ProgressWriter
 from jsqueue.worker.runner import JobRunner, WorkerStats
 
 log = logging.getLogger("jsqueue.worker")
+
+#: seconds a pull request waits when a worker has several lanes: a lane that ran out of work
+#: gives its slots to the others at most this long after
+SHARED_PULL_EXPIRES = 3.0
 
 
 class Worker:
@@ -57,7 +63,12 @@ class Worker:
         self.hooks: list[Hooks] = list(app.hooks)
         self.started_at = time.time()
         self._stop = asyncio.Event()
-        self.dispatch = Dispatch(self._process, lambda: self._stop.is_set())
+        self.dispatch = Dispatch(
+            self._process,
+            lambda: self._stop.is_set(),
+            self.concurrency,
+            hand_back=self._hand_back,
+        )
         #: job id -> kind -> data: what running jobs reported from their pool child
         self.reports: dict[str, dict[str, dict[str, Any]]] = {}
         self.pool: Pool | None = None
@@ -68,6 +79,7 @@ class Worker:
         self._registry: WorkerRegistry | None = None
         self._revoked: RevokedSet | None = None
         self._progress: ProgressWriter | None = None
+        self._paused: PausedQueues | None = None
         self._background: list[asyncio.Task[None]] = []
         #: seconds to get a new connection after nats-py closed the old one for good
         self.reconnect_timeout = 60.0
@@ -157,17 +169,30 @@ class Worker:
         )
         registry = WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL))
         self._registry = registry
-        shares = _split(self.concurrency, len(self.queues))
+        self._paused = PausedQueues(self._on_pause_change)
+        await self._paused.start(broker)
         self.dispatch.lanes = {}
-        for queue, share in zip(self.queues, shares, strict=True):
-            consumer = await broker.ensure_consumer(queue)
-            puller = broker.puller(
-                queue, consumer, share, self.dispatch.on_delivery, self.dispatch.on_late
-            )
-            self.dispatch.add_lane(queue, puller)
+        lanes = len(self.queues) * len(PRIORITIES)
+        for queue in self.queues:
+            consumers = [await broker.ensure_consumer(queue, level) for level in PRIORITIES]
+            if queue in self._paused:  # a consumer created now must not run the queue
+                await broker.pause_consumers(consumers, PAUSED_UNTIL)
+            for level, consumer in zip(PRIORITIES, consumers, strict=True):
+                puller = broker.puller(
+                    queue,
+                    consumer,
+                    self.concurrency,
+                    self.dispatch.on_delivery,
+                    self.dispatch.on_late,
+                    priority=level,
+                    expires=SHARED_PULL_EXPIRES if lanes > 1 else 30.0,
+                )
+                self.dispatch.add_lane(queue, puller, level)
+            self.dispatch.set_paused(queue, queue in self._paused)
         self._background = [
             asyncio.create_task(upkeep.heartbeats(self)),
             asyncio.create_task(upkeep.report(self, registry)),
+            asyncio.create_task(upkeep.hand_back_held(self)),
         ]
         if self.burst:
             self._background.append(asyncio.create_task(upkeep.burst_watch(self)))
@@ -226,12 +251,14 @@ class Worker:
         for task in self._background:
             task.cancel()
         self._background = []
+        self.dispatch.clear()
         for lane in self.dispatch.lanes.values():
-            lane.backlog.clear()
             await lane.puller.close()
         self.active.clear()
         if self._revoked is not None:
             await self._revoked.stop()
+        if self._paused is not None:
+            await self._paused.stop()
         if self._progress is not None:
             await self._progress.close()
         # the app's next use in this loop connects anew (App notices the lost connection)
@@ -247,6 +274,8 @@ class Worker:
             await self._registry.remove(self.id)
         if self._revoked is not None:
             await self._revoked.stop()
+        if self._paused is not None:
+            await self._paused.stop()
         if self._progress is not None:
             await self._progress.close()
         for hook in self.hooks:
@@ -283,6 +312,15 @@ class Worker:
         if kind == "progress" and self._progress is not None:
             self._progress.offer(job_id, data)
 
+    async def _on_pause_change(self, queue: str, paused: bool) -> None:
+        if queue in self.queues:
+            log.warning("queue %s %s: %s", queue, "paused" if paused else "resumed", self.id)
+            self.dispatch.set_paused(queue, paused)
+
+    async def _hand_back(self, delivery: Delivery) -> None:
+        assert self.broker is not None
+        await republish.hand_back(self.broker, delivery)
+
     def _keeps_results(self, name: str) -> bool:
         task = self.app.tasks.get(name)
         return task is None or not task.options.ignore_result
@@ -310,7 +348,7 @@ class Worker:
         for delivery in list(self.active):
             await self.dispatch.give_back(delivery)
         for lane in self.dispatch.lanes.values():
-            for delivery in lane.backlog:
+            for delivery in lane.waiting:
                 await self.dispatch.give_back(delivery)
         if self.broker is not None and self.broker.is_connected:
             with contextlib.suppress(Exception):
@@ -323,12 +361,6 @@ class Worker:
     def record(self) -> dict[str, Any]:
         """What the registry says about this worker."""
         return upkeep.record(self)
-
-
-def _split(total: int, parts: int) -> list[int]:
-    """Split ``total`` slots over ``parts`` queues (``total >= parts``, so each gets one)."""
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 async def run_worker(

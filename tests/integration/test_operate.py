@@ -37,7 +37,7 @@ async def test_status_counts_every_kind_of_job(
         await burst(faulty, queues=["other"])
         waiting = await faulty.tasks["tests.apps.faulty.stubborn"].delay()
         async with running_worker(faulty, queues=["stubborn"]):
-            await wait_state(waiting, JobState.RETRY)  # nak'd for an hour
+            await wait_state(waiting, JobState.RETRY)  # an hour's wait: on a server schedule
         with worker_process(nats_server.url, jsq_prefix, tmp_path, "-c", "1") as worker:
             deadline = time.monotonic() + 20
             while not (tmp_path / f"{running.id}.start").exists():
@@ -70,6 +70,7 @@ async def test_status_counts_every_kind_of_job(
         "DEAD",
         "WORKERS",
         "OLDEST",
+        "STATE",
     ]
     assert "NATS 2.15.1" in table.stdout
     assert "fsync unknown (pass --monitor-url to read them)" in table.stdout

@@ -344,7 +344,11 @@ HOSTILE: list[dict[str, Any]] = [
     {**LEGAL, "parent_id": "a:b"},
     {**LEGAL, "link": {"task": "add"}},
     {**LEGAL, "link": [{"args": [1]}]},
-    {**LEGAL, "link": [{"task": "add", "options": {"priority": 1}}]},
+    {**LEGAL, "link": [{"task": "add", "options": {"priority": 9}}]},  # off the scale
+    {**LEGAL, "link": [{"task": "add", "options": {"urgency": 1}}]},  # an unknown option
+    {**LEGAL, "priority": 4},
+    {**LEGAL, "priority": "high"},
+    {**LEGAL, "priority": True},
     {**LEGAL, "link": [{"task": "add", "options": {"countdown": "soon"}}]},
     {**LEGAL, "link": [{"task": "add", "immutable": "yes"}]},
     {**LEGAL, "link": [{"task": "add"}] * 1001},
@@ -388,6 +392,7 @@ ACCEPTED: list[dict[str, Any]] = [
         "on_error": [{"task": "h", "args": [1]}],
     },
     {**LEGAL, "link": [{"id": "c.2", "header": [], "body": {"task": "tsum"}}]},
+    {**LEGAL, "priority": 3, "link": [{"task": "add", "options": {"priority": 0}}]},
 ]
 
 

@@ -1,0 +1,58 @@
+"""Sending a delivered job again as a new message, its attempts carried in a header.
+
+Two waits must not hold a queue's ack-pending slots, and must not count as attempts (see
+DESIGN "Attempts, waits and crashes"): a long retry delay, and a paused queue. For both the job
+is published again (the same bytes, a fresh ``Nats-Msg-Id``: the duplicate window would drop the
+old one) with ``Jsq-Attempt`` saying how many times it already ran, and only then is the
+delivery acked. A crash in between leaves two copies, never none; a worker that meets the
+old one again finds the RETRY record saying the job moved, sends the copy again (the same
+``Nats-Msg-Id``: dropped as a duplicate if the first one made it) and acks the old one.
+"""
+
+from __future__ import annotations
+
+import time
+
+from jsqueue.services.producer import MSG_ID, SCHEDULE, SCHEDULE_TARGET, rfc3339
+from jsqueue.wire import ATTEMPT_HEADER, Broker, Delivery
+
+#: asks the server to keep only the newest message on the subject (a retry schedule sent twice
+#: replaces itself)
+ROLLUP = "Nats-Rollup"
+
+
+def _carried_headers(delivery: Delivery, attempts: int, msg_id: str) -> dict[str, str]:
+    """The delivery's own headers (trace context, say) without the server's, plus ours."""
+    headers = {
+        k: v
+        for k, v in delivery.headers.items()
+        if not k.startswith("Nats-") and k != ATTEMPT_HEADER
+    }
+    headers[ATTEMPT_HEADER] = str(attempts)
+    headers[MSG_ID] = msg_id
+    return headers
+
+
+async def hand_back(broker: Broker, delivery: Delivery) -> None:
+    """Put a delivery that never started back at the end of its queue, then ack it: it waited
+    on a paused queue, which is no attempt of the job."""
+    original = delivery.headers.get(MSG_ID) or "job"
+    headers = _carried_headers(delivery, delivery.attempt - 1, f"{original}.h{delivery.stream_seq}")
+    await broker.publish(delivery.subject, delivery.data, headers)
+    await delivery.ack()
+
+
+async def schedule_retry(
+    broker: Broker, delivery: Delivery, *, job_id: str, attempts: int, at: float
+) -> None:
+    """Send the job again after ``attempts`` runs, due at ``at`` (at once if that passed) on
+    a server schedule under ``retry.<queue>.<job id>``, into the queue and priority level it
+    came from; the caller acks the delivery once this returned. The copy's ``Nats-Msg-Id`` is
+    ``<job id>.a<attempts>``: sent again within the duplicate window it is dropped, and a
+    rollup on its subject replaces an older one, so a job has one retry schedule."""
+    subject = broker.settings.retry_subject(delivery.queue, job_id)
+    headers = _carried_headers(delivery, attempts, f"{job_id}.a{attempts}")
+    headers[SCHEDULE] = f"@at {rfc3339(max(at, time.time() + 1))}"
+    headers[SCHEDULE_TARGET] = delivery.subject
+    headers[ROLLUP] = "sub"
+    await broker.publish(subject, delivery.data, headers)
