@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from typing_extensions import Unpack
 
 from jsqueue.canvas import Signature
-from jsqueue.config import Serializer, Settings, SettingsKwargs, check_job_id
+from jsqueue.config import Settings, SettingsKwargs, check_job_id
 from jsqueue.errors import ConfigError, NotRegistered
 from jsqueue.hooks import Hooks
 from jsqueue.retry import RetryPolicy
@@ -33,7 +33,7 @@ from jsqueue.services.handles import AsyncResult
 from jsqueue.services.producer import Route
 from jsqueue.services.results import ResultBackend
 from jsqueue.sync import LoopThread
-from jsqueue.task import Task, TaskOptions
+from jsqueue.task import Task, TaskOptions, TaskSettings
 from jsqueue.wire import Broker
 
 log = logging.getLogger("jsqueue.app")
@@ -123,62 +123,35 @@ class App:
     @overload
     def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
     @overload
-    def task(
-        self,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        retry: RetryPolicy | None = None,
-        serializer: Serializer | None = None,
-        ignore_result: bool = False,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        track_started: bool | None = None,
-        priority: int | None = None,
-    ) -> TaskDecorator: ...
+    def task(self, **options: Unpack[TaskSettings]) -> TaskDecorator: ...
 
-    def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        retry: RetryPolicy | None = None,
-        serializer: Serializer | None = None,
-        ignore_result: bool = False,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        track_started: bool | None = None,
-        priority: int | None = None,
-    ) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, **options: Unpack[TaskSettings]) -> Any:
         """Register a function (``async def`` or plain ``def``) as a task.
 
         Use bare (``@app.task``) or with options: ``name`` (default ``module.qualname``),
         ``queue``, ``retry`` (a :class:`RetryPolicy`), ``serializer``, ``ignore_result``,
         ``time_limit`` (seconds: a coroutine is cancelled, a process-pool child killed),
         ``soft_time_limit`` (seconds: :class:`SoftTimeLimitExceeded` is raised inside the task),
-        ``track_started`` and ``priority`` (the default of its jobs: 0 low to 3 urgent, higher
-        runs first; 1 unless set).
+        ``track_started``, ``priority`` (the default of its jobs: 0 low to 3 urgent, higher
+        runs first; 1 unless set), and the cluster-wide limits ``rate_limit`` (``"100/s"``,
+        ``"/m"``, ``"/h"``), ``max_concurrency`` and ``unique_for`` (seconds; see the README's
+        "Limits").
         """
+        unknown = set(options) - set(TaskSettings.__annotations__)
+        if unknown:
+            raise ConfigError(
+                f"unknown task option(s) {sorted(unknown)}; the options are "
+                f"{sorted(TaskSettings.__annotations__)}"
+            )
 
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            task_name = options.get("name") or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks:
                 raise ConfigError(
                     f"a task named {task_name!r} is already registered on {self.name}"
                 )
-            options = TaskOptions(
-                name=task_name,
-                queue=queue,
-                retry=retry,
-                serializer=serializer,
-                ignore_result=ignore_result,
-                time_limit=time_limit,
-                soft_time_limit=soft_time_limit,
-                track_started=track_started,
-                priority=priority,
-            )
-            task: Task[Any, Any] = Task(self, func, options)
+            settings: TaskSettings = {**options, "name": task_name}
+            task: Task[Any, Any] = Task(self, func, TaskOptions(**settings))
             self.tasks[task_name] = task
             return task
 

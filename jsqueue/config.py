@@ -37,6 +37,7 @@ BUCKETS = (
     "beat_ticks",
     "beat_state",
     "queues",
+    "limits",
 )
 #: Job priorities: a higher number runs first. Each level of a queue is a subject and a consumer
 #: of its own (JetStream has no per-message priority); NORMAL's is the queue's plain subject.

@@ -67,6 +67,8 @@ class Envelope:
     on_error: tuple[dict[str, Any], ...] = ()
     #: 0 (low) to 3 (urgent), higher runs first; None: normal (1). It picks the subject.
     priority: int | None = None
+    #: the unique key this job holds (released by the worker when the job reaches a final state)
+    unique_key: str | None = None
 
 
 _OPTIONAL = (
@@ -80,6 +82,7 @@ _OPTIONAL = (
     "notify",
     "args_object",
     "priority",
+    "unique_key",
 )
 
 
@@ -166,6 +169,7 @@ def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
             args_object=fields.args_object(doc.get("args_object"), job_id),
             on_error=fields.on_error(doc.get("on_error")),
             priority=fields.priority(doc.get("priority")),
+            unique_key=fields.optional_job_id(doc.get("unique_key"), "unique_key"),
         )
     except fields.FieldError as exc:
         raise MalformedError(f"envelope is malformed: {exc}", raw=data) from None

@@ -110,6 +110,8 @@ class Plan:
     event: Event
     delay: float = 0.0
     reason: Reason | None = None
+    #: the job is over after this delivery (no retry follows, it was not moved or given back)
+    final: bool = True
 
     def without_result(self) -> Plan:
         """The same plan for a task that keeps no result (``ignore_result``)."""
@@ -123,7 +125,8 @@ def succeeded(*, followers: bool) -> Plan:
 
 def retry(delay: float) -> Plan:
     """Run again after ``delay`` seconds; later steps wait for the job's outcome."""
-    return Plan(Action.RETRY, Record.RETRY, FollowUp.NONE, Counter.RETRIED, Event.RETRIED, delay)
+    counter, event = Counter.RETRIED, Event.RETRIED
+    return Plan(Action.RETRY, Record.RETRY, FollowUp.NONE, counter, event, delay, final=False)
 
 
 def dead(reason: Reason, *, followers: bool) -> Plan:
@@ -150,7 +153,7 @@ def skipped(record: Record, *, followers: bool) -> Plan:
 def skipped_moved() -> Plan:
     """An old message of a job that moved on (re-published onto a retry schedule): ack it,
     record nothing, count it skipped."""
-    return Plan(Action.ACK, Record.NONE, FollowUp.NONE, Counter.SKIPPED, Event.NONE)
+    return Plan(Action.ACK, Record.NONE, FollowUp.NONE, Counter.SKIPPED, Event.NONE, final=False)
 
 
 def already_final(success: bool, *, followers: bool) -> Plan:
@@ -165,7 +168,7 @@ def already_final(success: bool, *, followers: bool) -> Plan:
 
 def given_back() -> Plan:
     """A job that could not finish here through no fault of its own: ``nak`` it at once."""
-    return Plan(Action.RETRY, Record.NONE, FollowUp.NONE, Counter.SKIPPED, Event.NONE)
+    return Plan(Action.RETRY, Record.NONE, FollowUp.NONE, Counter.SKIPPED, Event.NONE, final=False)
 
 
 def decide(

@@ -11,14 +11,24 @@ import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar
 
 from jsqueue.canvas import Callbacks, Signature
 from jsqueue.config import Serializer, check_job_id, check_priority, check_queue
 from jsqueue.errors import ArgumentsError, ConfigError
+from jsqueue.limits import (
+    DEFAULT_UNIQUE_FOR,
+    Rate,
+    check_max_concurrency,
+    check_unique_for,
+    check_unique_key,
+    default_unique_key,
+    parse_rate,
+)
 from jsqueue.retry import RetryPolicy
 from jsqueue.services.deps import Deps
 from jsqueue.services.handles import AsyncResult
+from jsqueue.services.limits import send_unique
 from jsqueue.services.producer import build_envelope, send, send_many
 from jsqueue.sync import SyncHost, blocking, needs_loop
 
@@ -47,6 +57,29 @@ class TaskOptions:
     track_started: bool | None = None
     #: the default priority of its jobs (None: normal)
     priority: int | None = None
+    #: cluster-wide: at most this many jobs start per second, minute or hour ("100/s")
+    rate_limit: str | None = None
+    #: cluster-wide: at most this many of its jobs run at once
+    max_concurrency: int | None = None
+    #: seconds a job with the same arguments (or ``unique_key``) is not sent again
+    unique_for: float | None = None
+
+
+class TaskSettings(TypedDict, total=False):
+    """The options of ``@app.task(...)`` (see :meth:`jsqueue.App.task`)."""
+
+    name: str
+    queue: str
+    retry: RetryPolicy
+    serializer: Serializer
+    ignore_result: bool
+    time_limit: float
+    soft_time_limit: float
+    track_started: bool
+    priority: int
+    rate_limit: str
+    max_concurrency: int
+    unique_for: float
 
 
 class Task(Generic[P, R]):
@@ -64,6 +97,14 @@ class Task(Generic[P, R]):
             check_queue(options.queue)
         if options.priority is not None:
             check_priority(options.priority, f"the priority of task {options.name},")
+        where = f"of task {options.name}"
+        self.rate: Rate | None = None
+        if options.rate_limit is not None:
+            self.rate = parse_rate(options.rate_limit, f"the rate_limit {where},")
+        if options.max_concurrency is not None:
+            check_max_concurrency(options.max_concurrency, f"max_concurrency {where}")
+        if options.unique_for is not None:
+            check_unique_for(options.unique_for, f"unique_for {where}")
         # a def task's time limit needs the process pool: the worker checks that at its start
         # (producers import this module too, and never run the task)
         for setting in ("time_limit", "soft_time_limit"):
@@ -150,6 +191,7 @@ class Task(Generic[P, R]):
         expires: datetime | float | None = None,
         headers: dict[str, str] | None = None,
         priority: int | None = None,
+        unique_key: str | None = None,
         link: Callbacks = None,
         link_error: Callbacks = None,
     ) -> AsyncResult[R]:
@@ -159,6 +201,9 @@ class Task(Generic[P, R]):
         one job. ``countdown`` (seconds) or ``eta`` (aware datetime) delay it on the server;
         ``expires`` (seconds from now, or an aware datetime) skips it if picked up later.
         ``priority``: 0 (low) to 3 (urgent), higher runs first (default: the task's, else 1).
+        ``unique_key``: while a job sent with this key is queued, delayed, retrying or running
+        (and at most ``unique_for`` seconds, default one hour), sending another returns its
+        handle instead.
         ``link``: signatures sent with the result when it succeeds; ``link_error``: signatures
         sent with its id and error (``type``, ``message``, ``traceback``) if it fails for good.
         """
@@ -167,6 +212,7 @@ class Task(Generic[P, R]):
             options: dict[str, Any] = {"queue": queue, "job_id": job_id, "countdown": countdown}
             options.update(eta=eta)
             options.update(expires=expires, headers=headers, priority=priority)
+            options.update(unique_key=unique_key)
             sig = self.s(*args, **(kwargs or {})).set(
                 **{k: v for k, v in options.items() if v is not None}
             )
@@ -182,6 +228,7 @@ class Task(Generic[P, R]):
             expires=expires,
             headers=headers,
             priority=priority,
+            unique_key=unique_key,
         )
 
     delay_sync = blocking(delay)
@@ -191,6 +238,11 @@ class Task(Generic[P, R]):
         self, args: Sequence[Any], kwargs: dict[str, Any], **options: Any
     ) -> AsyncResult[R]:
         self.check_arguments(args, kwargs)
+        unique_key = options.get("unique_key")
+        if unique_key is not None:
+            check_unique_key(unique_key)
+        elif self.options.unique_for is not None:
+            options["unique_key"] = default_unique_key(self.name, list(args), kwargs)
         broker = await self.app.broker()
         queue = options.pop("queue", None) or self.queue
         if options.get("priority") is None:
@@ -205,6 +257,10 @@ class Task(Generic[P, R]):
             notify=broker.notify_subject,
             **{k: v for k, v in options.items() if v is not None},
         )
+        if env.unique_key is not None:
+            ttl = self.options.unique_for or DEFAULT_UNIQUE_FOR
+            holder = await send_unique(self.app, broker, env, ttl)
+            return AsyncResult(self.app, holder, self.name, notified=holder == env.id)
         await send(broker, env)
         return AsyncResult(self.app, env.id, self.name, notified=True)
 
@@ -216,6 +272,8 @@ class Task(Generic[P, R]):
         self, items: Iterable[Sequence[Any]], *, queue: str | None = None
     ) -> list[AsyncResult[R]]:
         """Send one job per argument tuple, pipelined: one round trip for the lot, not each."""
+        if self.options.unique_for is not None:  # each job takes its key first
+            return [await self._send(tuple(args), {}, queue=queue) for args in items]
         broker = await self.app.broker()
         envelopes = []
         for args in items:

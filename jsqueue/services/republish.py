@@ -56,3 +56,22 @@ async def schedule_retry(
     headers[SCHEDULE_TARGET] = delivery.subject
     headers[ROLLUP] = "sub"
     await broker.publish(subject, delivery.data, headers)
+
+
+async def defer(
+    broker: Broker, delivery: Delivery, *, job_id: str, at: float, headers: dict[str, str]
+) -> None:
+    """Send a job that has not run in this delivery again, due at ``at`` on a server schedule
+    under ``sched.<queue>.<job id>`` (so status counts it as scheduled and revoke purges it),
+    with its attempts carried and ``headers`` added; the caller acks the delivery once this
+    returned. Its ``Nats-Msg-Id`` names this delivery's message: if the ack is lost and the
+    message comes back, the second copy is dropped as a duplicate."""
+    original = delivery.headers.get(MSG_ID) or job_id
+    msg_id = f"{original}.w{delivery.stream_seq}"
+    carried = _carried_headers(delivery, delivery.attempt - 1, msg_id)
+    carried.update(headers)
+    carried[SCHEDULE] = f"@at {rfc3339(max(at, time.time() + 1))}"
+    carried[SCHEDULE_TARGET] = delivery.subject
+    carried[ROLLUP] = "sub"
+    subject = broker.settings.schedule_subject(delivery.queue, job_id)
+    await broker.publish(subject, delivery.data, carried)

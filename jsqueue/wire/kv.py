@@ -140,8 +140,19 @@ class KvStore:
         return await self._kv.put(key, value)
 
     @translated
-    async def delete(self, key: str) -> None:
-        await self._kv.purge(key)
+    async def delete(
+        self, key: str, *, last: int | None = None, marker_ttl: float | None = None
+    ) -> None:
+        """Remove ``key``; with ``last``, only if its revision is still ``last``
+        (:class:`KeyExists` otherwise), leaving a delete marker that lives ``marker_ttl``
+        seconds."""
+        if last is None:
+            await self._kv.purge(key)
+            return
+        try:
+            await self._kv.delete(key, last=last, msg_ttl=marker_ttl)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise KeyExists(f"{self.bucket}: {key} changed since revision {last}") from None
 
     @translated
     async def values(self, pattern: str = ">") -> list[Entry]:

@@ -12,7 +12,10 @@ at most twice its concurrency (running plus waiting for a slot) and ``max(2, lan
 most for the one-job requests of idle lanes: a bounded over-pull, so that a free slot always
 has a job to start and a worker on ``-Q a,b`` with ``a`` empty runs ``b`` on every slot.
 
-A waiting delivery has its heartbeats sent, so its ack timer never runs out. A paused lane
+A waiting delivery has its heartbeats sent, so its ack timer never runs out. A job that must
+wait for a cluster-wide limit (``process`` returns when to try it again) is *parked*: it gives
+its slot up, and up to ``concurrency`` parked jobs do not count against the over-pull, so the
+jobs of other tasks behind it keep coming. A paused lane
 starts nothing and asks for nothing; a delivery that waits on it longer than ``hold`` seconds
 is handed back (re-published with its attempt carried, then acked: a wait is not an attempt).
 At shutdown the pullers close first, so that a job given back cannot come back to this worker's
@@ -47,6 +50,8 @@ class Lane:
     waiting: deque[Delivery] = field(default_factory=deque)
     running: int = 0
     paused: bool = False
+    #: deliveries parked until a limit lets them start
+    parked: int = 0
     #: stride scheduling: the virtual time of its next turn (it advances 1/weight a start)
     turn: float = 0.0
 
@@ -64,7 +69,7 @@ class Dispatch:
 
     def __init__(
         self,
-        process: Callable[[Delivery], Awaitable[None]],
+        process: Callable[[Delivery], Awaitable[float | None]],
         stopping: Callable[[], bool],
         concurrency: int = 1,
         hand_back: Callable[[Delivery], Awaitable[None]] | None = None,
@@ -80,6 +85,8 @@ class Dispatch:
         self.active: dict[Delivery, float] = {}
         self.running = 0
         self._clock = 0.0
+        #: parked deliveries -> the timer that puts them back in their lane
+        self._parked: dict[Delivery, asyncio.TimerHandle] = {}
 
     # -- lanes ---------------------------------------------------------------------------------
 
@@ -110,7 +117,7 @@ class Dispatch:
             if lane.paused:
                 lane.puller.capacity = lane.puller.held  # nothing new
             elif only or not lane.puller.idle:
-                lane.puller.capacity = share
+                lane.puller.capacity = share + lane.parked
             else:
                 lane.puller.capacity = lane.puller.held + 1
 
@@ -181,8 +188,9 @@ class Dispatch:
         task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, lane: Lane, delivery: Delivery) -> None:
+        again: float | None = None
         try:
-            await self._process(delivery)
+            again = await self._process(delivery)
         except asyncio.CancelledError:
             await self.give_back(delivery)
             raise
@@ -191,18 +199,53 @@ class Dispatch:
             # unacked and the server delivers it again after ack_wait.
             log.exception("job on %s (delivery %d) not settled", delivery.queue, delivery.attempt)
         finally:
-            self.active.pop(delivery, None)
             lane.running -= 1
             self.running -= 1
+            if again is not None and not self._stopping():
+                self._park(lane, delivery, again)
+            else:
+                if again is not None:
+                    await self.give_back(delivery)
+                self.active.pop(delivery, None)
+                lane.puller.held -= 1
             self._fill()
-            lane.puller.held -= 1
             await self._refill(lane)
+
+    # -- parking -------------------------------------------------------------------------------
+
+    def park_room(self) -> bool:
+        """Whether one more delivery may park here (see the module's docstring)."""
+        return len(self._parked) < self.concurrency
+
+    def _park(self, lane: Lane, delivery: Delivery, until: float) -> None:
+        """Hold ``delivery`` without a slot until ``until`` (monotonic), then put it first in
+        its lane again."""
+
+        def wake() -> None:
+            self._parked.pop(delivery, None)
+            lane.parked -= 1
+            lane.waiting.appendleft(delivery)
+            self._set_caps()
+            self._fill()
+
+        delay = max(0.0, until - time.monotonic())
+        self._parked[delivery] = asyncio.get_running_loop().call_later(delay, wake)
+        lane.parked += 1
+        self._set_caps()
+
+    def _unpark_all(self) -> list[Delivery]:
+        parked = list(self._parked)
+        for delivery, timer in self._parked.items():
+            timer.cancel()
+            self.lanes[(delivery.queue, delivery.priority)].parked -= 1
+        self._parked.clear()
+        return parked
 
     # -- pulling -------------------------------------------------------------------------------
 
     def _pull_room(self) -> int:
         used = sum(lane.puller.held + lane.puller.outstanding for lane in self.lanes.values())
-        return self.budget - used
+        return self.budget + len(self._parked) - used
 
     async def _refill(self, first: Lane | None = None) -> None:
         """Let lanes ask for more, ``first`` first, then by priority, within the budget."""
@@ -267,6 +310,9 @@ class Dispatch:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=10)
+        for delivery in self._unpark_all():
+            await self.give_back(delivery)
+            self.lanes[(delivery.queue, delivery.priority)].puller.held -= 1
         for lane in self.lanes.values():
             while lane.waiting:
                 delivery = lane.waiting.popleft()
@@ -275,6 +321,8 @@ class Dispatch:
 
     def clear(self) -> None:
         """Forget every waiting delivery (their connection is gone: they come back)."""
+        for delivery in self._unpark_all():
+            self.active.pop(delivery, None)
         for lane in self.lanes.values():
             for delivery in lane.waiting:
                 self.active.pop(delivery, None)

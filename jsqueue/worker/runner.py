@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from jsqueue import outcome
@@ -46,6 +46,7 @@ from jsqueue.services.results import (
 )
 from jsqueue.wire import Broker, Delivery
 from jsqueue.worker import intake
+from jsqueue.worker.admission import Admission, Wait
 from jsqueue.worker.execute import TaskExecutor
 from jsqueue.worker.settle import Job, Settler, WorkerStats, is_transient, times
 
@@ -74,6 +75,7 @@ class JobRunner:
         executor: TaskExecutor,
         hooks: Sequence[Hooks],
         stats: WorkerStats | None = None,
+        park_room: Callable[[], bool] = lambda: True,
     ) -> None:
         self.app = app
         self.id = worker_id
@@ -84,26 +86,49 @@ class JobRunner:
         self.hooks = hooks
         self.stats = stats if stats is not None else WorkerStats()
         self.settler = Settler(app, worker_id, broker, results, hooks, self.stats)
+        self.admission = Admission(broker, app.settings, worker_id)
+        #: whether the worker may park one more waiting delivery (see :mod:`.admission`)
+        self.park_room = park_room
         #: job id -> (task, queue, wall-clock start, attempt) of the jobs running now
         self.running: dict[str, tuple[str, str, float, int]] = {}
         #: job id -> set once the delivery running it here is settled
         self._settled: dict[str, asyncio.Event] = {}
 
-    async def process(self, delivery: Delivery) -> None:
-        """Decode, run and settle one delivery; only a transient server failure propagates."""
+    async def process(self, delivery: Delivery) -> float | None:
+        """Decode, run and settle one delivery; only a transient server failure propagates.
+
+        Returns when (monotonic) to process the delivery again if its job must wait for a
+        limit and stays parked here (see :mod:`jsqueue.worker.admission`), else None."""
         job = Job(delivery)
         try:
             plan = await self._planned(job)
+            if isinstance(plan, Wait):
+                return await self._wait(job, plan)
             await self.settler.settle(job, plan)
             if job.alone and plan.record is Record.NONE and job.env is not None:
                 await self.results.forget(job.env.id)  # the marker of a task without records
+            if plan.final and job.env is not None and job.env.unique_key is not None:
+                await self.admission.release_unique(job.env.unique_key, job.env.id)
         finally:
             if job.gate is not None:
                 self.executor.gate.leave(alone=job.gate)
             if job.env is not None and job.env.id in self._settled and job.owns_run:
                 self._settled.pop(job.env.id).set()
+            if job.slot is not None and job.job_id is not None:
+                await self.admission.release(job.slot, job.job_id)
+        return None
 
-    async def _planned(self, job: Job) -> Plan:
+    async def _wait(self, job: Job, wait: Wait) -> float | None:
+        """Park a job that waits for a limit, or hand it back on a server schedule (then ack
+        it): a wait is no attempt, and never a ``nak``."""
+        assert job.job_id is not None
+        if wait.park and self.park_room():
+            return time.monotonic() + max(0.0, wait.at - time.time())
+        await self.admission.hand_back(job.delivery, job.job_id, wait)
+        log.debug("%s waits for its %s until %.3f: on a schedule", job.label, wait.why, wait.at)
+        return None
+
+    async def _planned(self, job: Job) -> Plan | Wait:
         try:
             plan = await self._plan(job)
         except asyncio.CancelledError:
@@ -114,11 +139,11 @@ class JobRunner:
             log.exception("%s: jsqueue failed on this job", job.label)
             job.error = exc
             plan = outcome.dead(Reason.WORKER_ERROR, followers=False)
-        if job.task is not None and job.task.options.ignore_result:
+        if isinstance(plan, Plan) and job.task is not None and job.task.options.ignore_result:
             plan = plan.without_result()
         return plan
 
-    async def _plan(self, job: Job) -> Plan:
+    async def _plan(self, job: Job) -> Plan | Wait:
         delivery = job.delivery
         settings = self.app.settings
         try:
@@ -189,6 +214,12 @@ class JobRunner:
                 return self._killed_its_worker(job, recorded)
             job.alone = True
             job.crashes_alone = crashes
+        if task.rate is not None or task.options.max_concurrency is not None:
+            wait = await self.admission.admit(task, env.id, delivery)
+            if wait is not None:
+                return wait
+            if task.options.max_concurrency is not None:
+                job.slot = task.name
         return await self._run(job)
 
     async def _moved_on(self, job: Job, recorded: Outcome | None, moved: int) -> Plan:

@@ -115,6 +115,8 @@ class Job:
     alone: bool = False
     #: how many times in a row its worker died while it ran alone
     crashes_alone: int = 0
+    #: the task whose cluster-wide concurrency slot this job holds (given back when settled)
+    slot: str | None = None
     #: how it holds the executor's gate until settled: True alone, False together, None not
     gate: bool | None = None
     #: it killed its worker (a RETRY record says so, so the next delivery runs alone too)

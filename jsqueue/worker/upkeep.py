@@ -57,6 +57,7 @@ class WorkerView(Protocol):
     def held(self) -> int: ...
     def stop(self) -> None: ...
     def stuck(self) -> dict[str, tuple[str, float]]: ...
+    async def refresh_slots(self) -> None: ...
 
 
 def stuck(limit: float | None, pool: Pool | None) -> dict[str, tuple[str, float]]:
@@ -96,6 +97,10 @@ async def heartbeats(worker: WorkerView) -> None:
                     await delivery.in_progress()
                 except Exception as exc:  # disconnected; redelivery is the fallback
                     log.debug("in_progress failed: %r", exc)
+        try:
+            await worker.refresh_slots()
+        except Exception as exc:  # a slot not refreshed goes stale after ack_wait
+            log.warning("concurrency slots not refreshed: %s", exc)
         for job_id, (task, ran) in worker.stuck().items():
             if now - told.get(job_id, 0.0) >= ack_wait:
                 told[job_id] = now

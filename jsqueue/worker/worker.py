@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from jsqueue.app import App
@@ -107,9 +106,9 @@ class Worker:
     def active(self) -> dict[Delivery, float]:
         return self.dispatch.active
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery) -> float | None:
         assert self._runner is not None
-        await self._runner.process(delivery)
+        return await self._runner.process(delivery)
 
     @property
     def running(self) -> dict[str, tuple[str, str, float, int]]:
@@ -165,7 +164,15 @@ class Worker:
             results, hooks, lambda: self.running, self.id, recorded=self._keeps_results
         )
         self._runner = JobRunner(
-            self.app, self.id, broker, results, self._revoked, self.executor, hooks, self._stats
+            self.app,
+            self.id,
+            broker,
+            results,
+            self._revoked,
+            self.executor,
+            hooks,
+            self._stats,
+            park_room=self.dispatch.park_room,
         )
         registry = WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL))
         self._registry = registry
@@ -354,6 +361,11 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.broker.flush(), 2)
 
+    async def refresh_slots(self) -> None:
+        """Keep the cluster-wide concurrency slots of the jobs running here."""
+        if self._runner is not None:
+            await self._runner.admission.refresh()
+
     def stuck(self) -> dict[str, tuple[str, float]]:
         """job id -> (task, seconds run) of the jobs in a thread past ``--time-limit``."""
         return upkeep.stuck(self.limits.time_limit, self.pool)
@@ -361,53 +373,3 @@ class Worker:
     def record(self) -> dict[str, Any]:
         """What the registry says about this worker."""
         return upkeep.record(self)
-
-
-async def run_worker(
-    app: App,
-    *,
-    queues: Sequence[str] | None = None,
-    concurrency: int | None = None,
-    burst: bool = False,
-    grace: float = 30.0,
-    wait_for_server: float = 0.0,
-    worker_id: str | None = None,
-    block_warning: float | None = None,
-    pool: str = "thread",
-    app_spec: str | None = None,
-    time_limit: float | None = None,
-    soft_time_limit: float | None = None,
-    max_tasks_per_child: int | None = None,
-    max_memory_per_child: float | None = None,
-) -> WorkerStats:
-    """Run a worker for ``app`` in the current event loop until it is stopped.
-
-    ``pool="thread"`` (the default) runs ``def`` tasks in threads, ``concurrency`` (default 32)
-    jobs at once. ``pool="process"`` runs them in supervised child processes, ``concurrency``
-    children (default: the CPU count); they import the app by ``app_spec`` ("module:app",
-    found from the tasks' module when not given). ``time_limit`` and ``soft_time_limit`` are
-    seconds for tasks that set none; ``max_tasks_per_child`` and ``max_memory_per_child`` (MB
-    resident after a job) replace a child once it reaches them.
-
-    Cancelling the task that runs it stops it at once: running jobs are cancelled and, with
-    those waiting for a slot, given back (``nak``) so that another worker runs them now.
-
-    With ``burst=True`` it returns once the queues hold nothing ready or unacked (retries
-    included) and nothing runs. Signal handling is the caller's: ``jsqueue worker`` installs it.
-    """
-    worker = Worker(
-        app,
-        queues=queues,
-        concurrency=concurrency,
-        burst=burst,
-        grace=grace,
-        worker_id=worker_id,
-        block_warning=block_warning,
-        pool=pool,
-        app_spec=app_spec,
-        time_limit=time_limit,
-        soft_time_limit=soft_time_limit,
-        max_tasks_per_child=max_tasks_per_child,
-        max_memory_per_child=max_memory_per_child,
-    )
-    return await worker.run(wait_for_server=wait_for_server)

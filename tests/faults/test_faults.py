@@ -77,10 +77,16 @@ async def test_2_sigkill_a_worker_repeatedly(scenario: Scenario) -> None:
         )
         workers = [scenario.worker("-c", "8", name=f"w{i}") for i in range(2)]
         for round_ in range(6):
-            await asyncio.sleep(
-                0.6
-            )  # let it get into its jobs: the moment of the kill is the point
             victim = workers[round_ % 2]
+
+            def busy(pid: int = victim.pid) -> bool:
+                return any(
+                    e["e"] == "started" and e["pid"] == pid for e in scenario.ledger.events()
+                )
+
+            # the kill must find it in its jobs (on a loaded machine a new worker takes time)
+            await wait_until(busy, 60, f"a job started by worker {victim.pid}")
+            await asyncio.sleep(0.2)
             victim.kill()
             kills[victim.pid] = time.time()
             workers[round_ % 2] = scenario.worker("-c", "8", name=f"w{round_}")
@@ -186,7 +192,8 @@ async def test_4_server_restarts_while_producing_and_working(scenario: Scenario)
             outputs = [p.output() for p in procs]
         dead = await scenario.dead_ids()
     report(scenario, dead, "server restarts")
-    assert all("reconnected to NATS" in out for out in outputs)
+    # nats-py reconnects by itself, or (its client closed for good) the worker opens a new one
+    assert all("reconnected to NATS" in out or "connected again" in out for out in outputs)
     # the producer kept going by itself: what it sent after the restarts was acked and ran
     after = {f"s4-after-{i}" for i in range(100)}
     assert after <= set(scenario.ledger.times("acked"))

@@ -215,3 +215,28 @@ def test_server_command_refuses_an_unsuitable_server(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("Error: NATS at")
     assert "has no JetStream" in out.stderr
+
+
+def test_limits_example_and_its_readme_block(own_server: NatsServer) -> None:
+    block = re.search(r"<!-- readme:limits -->\n```python\n(.*?)```", README, re.S)
+    assert block is not None
+    source = (ROOT / "examples" / "limits.py").read_text()
+    for line in block.group(1).strip().splitlines():
+        assert line in source, f"README's Limits block line not in examples/limits.py: {line}"
+    out = subprocess.run(
+        [sys.executable, "-m", "examples.limits", "--burst"],
+        env=env_for(own_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    took = float(re.fullmatch(r"21 rate-limited calls took ([\d.]+)s at 10/s", lines[0]).group(1))  # type: ignore[union-attr]
+    assert 1.8 <= took < 10, lines[0]  # 21 starts 0.1 s apart: at least 2 s
+    capped = float(
+        re.fullmatch(r"6 capped jobs of 0.1s took ([\d.]+)s, 2 at a time", lines[1]).group(1)
+    )  # type: ignore[union-attr]
+    assert capped >= 0.28, lines[1]  # three rounds of two
+    assert lines[2] == "same job: True digest for 7"

@@ -349,6 +349,8 @@ HOSTILE: list[dict[str, Any]] = [
     {**LEGAL, "priority": 4},
     {**LEGAL, "priority": "high"},
     {**LEGAL, "priority": True},
+    {**LEGAL, "unique_key": "has space"},
+    {**LEGAL, "unique_key": 7},
     {**LEGAL, "link": [{"task": "add", "options": {"countdown": "soon"}}]},
     {**LEGAL, "link": [{"task": "add", "immutable": "yes"}]},
     {**LEGAL, "link": [{"task": "add"}] * 1001},
@@ -393,6 +395,7 @@ ACCEPTED: list[dict[str, Any]] = [
     },
     {**LEGAL, "link": [{"id": "c.2", "header": [], "body": {"task": "tsum"}}]},
     {**LEGAL, "priority": 3, "link": [{"task": "add", "options": {"priority": 0}}]},
+    {**LEGAL, "unique_key": "report.42"},
 ]
 
 
