@@ -44,6 +44,11 @@ BUCKETS = (
 PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH, PRIORITY_URGENT = 0, 1, 2, 3
 PRIORITIES = range(PRIORITY_LOW, PRIORITY_URGENT + 1)
 PRIORITY_SCALE = "0 (low) to 3 (urgent), higher runs first; the default is 1 (normal)"
+#: The level above urgent, not for users: jobs coming back from a wait for a limit (a reserved
+#: rate-limit start, a concurrency slot) arrive there, so no backlog stands before them.
+LEVEL_DUE = 4
+#: Every level a queue has a subject and a consumer for.
+LEVELS = range(PRIORITY_LOW, LEVEL_DUE + 1)
 
 Serializer = Literal["json", "cloudpickle"]
 

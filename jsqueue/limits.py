@@ -105,9 +105,15 @@ def reserve(tat: float | None, now: float, interval: float) -> tuple[float, floa
     return start, start + interval
 
 
+def slots_of(held: Any) -> int:
+    """How many slots one holder's entry (``{"n": <slots>, "at": <time>}``) says it holds."""
+    n = held.get("n") if isinstance(held, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+
+
 def live_holders(holders: dict[str, Any], now: float, stale: float) -> dict[str, Any]:
-    """The concurrency slots still held: those refreshed within ``stale`` seconds (a holder
-    refreshes its slots while its jobs run; a dead worker's slots go stale)."""
+    """The holders of concurrency slots whose entries were renewed within ``stale`` seconds
+    (a worker renews its entry while it holds slots; a dead worker's go stale)."""
     live = {}
     for job_id, held in holders.items():
         at = held.get("at") if isinstance(held, dict) else None

@@ -1,10 +1,12 @@
 """Cluster-wide limits, kept in the ``<prefix>_limits`` KV bucket with compare-and-set writes.
 
 - ``rate.<task>``: the theoretical arrival time of the task's next job (:func:`jsqueue.limits.
-  reserve`); each job that passes moves it on by one interval, whichever worker runs it.
-- ``conc.<task>``: the jobs holding one of the task's ``max_concurrency`` slots, each with the
-  time its worker last refreshed it; a slot not refreshed for ``ack_wait`` is free again, so a
-  worker that died holding one gives it back within ``ack_wait``.
+  reserve`); each start reserved moves it on by one interval, whichever worker reserves it (a
+  worker reserves a few at a time at high rates).
+- ``conc.<task>``: per worker, how many of the task's ``max_concurrency`` slots it holds and
+  when it last said so; a worker's slots not renewed for ``ack_wait`` are free again, so a
+  worker that died holding some gives them back within ``ack_wait``. A worker takes a slot per
+  job it starts, keeps a freed one a moment for its next job of the task, then gives it back.
 - ``uniq.<key>``: the job holding a unique key, created with a per-key TTL of ``unique_for``.
   It is claimed before the job is sent and marked sent after; a claim never marked (the
   producer died in between) is repaired by the next sender, which sends its job under the
@@ -24,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from jsqueue.envelope import Envelope
-from jsqueue.limits import Rate, live_holders, reserve
+from jsqueue.limits import Rate, live_holders, reserve, slots_of
 from jsqueue.services.producer import send
 from jsqueue.wire import Broker, KeyExists, KvStore
 
@@ -51,15 +53,16 @@ def _dump(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-async def reserve_start(store: KvStore, task: str, rate: Rate) -> float:
-    """Reserve the next start of ``task`` under ``rate``: the wall-clock time the job may start
-    (now, or later when the rate is used up). Every call reserves one start."""
+async def reserve_starts(store: KvStore, task: str, rate: Rate, count: int = 1) -> list[float]:
+    """Reserve the next ``count`` starts of ``task`` under ``rate``: the wall-clock times jobs
+    may start (from now, or later when the rate is used up), ``1 / rate`` apart. One
+    compare-and-set for all of them, so a worker may reserve a few at once."""
     key = f"rate.{task}"
     while True:
         entry = await store.get(key)
         tat = _load(entry.value).get("tat") if entry is not None else None
         known = tat if isinstance(tat, int | float) else None
-        start, new_tat = reserve(known, time.time(), rate.interval)
+        start, new_tat = reserve(known, time.time(), rate.interval * count)
         value = _dump({"tat": new_tat})
         try:
             if entry is None:
@@ -68,21 +71,25 @@ async def reserve_start(store: KvStore, task: str, rate: Rate) -> float:
                 await store.update(key, value, entry.revision)
         except KeyExists:
             continue  # another worker reserved first: read its time and go after it
-        return start
+        return [start + i * rate.interval for i in range(count)]
 
 
-async def acquire_slot(
-    store: KvStore, task: str, cap: int, job_id: str, worker: str, stale: float
-) -> bool:
-    """Take one of ``task``'s ``cap`` slots for ``job_id``; False if all are held."""
+async def hold_slots(
+    store: KvStore, task: str, cap: int, worker: str, want: int, stale: float
+) -> int:
+    """Make ``worker`` hold ``want`` of ``task``'s ``cap`` slots, or as many as are free if
+    fewer; giving slots back always succeeds. Returns how many it holds now (and its entry's
+    time is renewed, so the slots do not go stale)."""
     key = f"conc.{task}"
     while True:
         entry = await store.get(key)
         now = time.time()
         holders = live_holders(_load(entry.value) if entry else {}, now, stale)
-        if job_id not in holders and len(holders) >= cap:
-            return False
-        holders[job_id] = {"w": worker, "at": now}
+        mine = slots_of(holders.pop(worker, None))
+        others = sum(slots_of(held) for held in holders.values())
+        held = want if want <= mine else max(mine, min(want, cap - others))
+        if held > 0:
+            holders[worker] = {"n": held, "at": now}
         try:
             if entry is None:
                 await store.create(key, _dump(holders))
@@ -90,46 +97,14 @@ async def acquire_slot(
                 await store.update(key, _dump(holders), entry.revision)
         except KeyExists:
             continue
-        return True
+        return held
 
 
-async def release_slots(store: KvStore, task: str, job_ids: set[str], stale: float) -> None:
-    """Give back ``job_ids``' slots of ``task`` (and drop the stale ones meanwhile)."""
-    await _rewrite(store, task, stale, lambda holders: [holders.pop(j, None) for j in job_ids])
-
-
-async def refresh_slots(
-    store: KvStore, task: str, job_ids: set[str], worker: str, stale: float
-) -> None:
-    """Say that ``job_ids`` still run, so their slots do not go stale."""
-
-    def touch(holders: dict[str, Any]) -> None:
-        now = time.time()
-        for job_id in job_ids:
-            holders[job_id] = {"w": worker, "at": now}
-
-    await _rewrite(store, task, stale, touch)
-
-
-async def _rewrite(store: KvStore, task: str, stale: float, change: Any) -> None:
-    key = f"conc.{task}"
-    while True:
-        entry = await store.get(key)
-        if entry is None:
-            return
-        holders = live_holders(_load(entry.value), time.time(), stale)
-        change(holders)
-        try:
-            await store.update(key, _dump(holders), entry.revision)
-        except KeyExists:
-            continue
-        return
-
-
-async def held_slots(store: KvStore, task: str, stale: float) -> dict[str, Any]:
-    """The jobs holding ``task``'s slots now."""
+async def held_slots(store: KvStore, task: str, stale: float) -> dict[str, int]:
+    """worker -> the slots of ``task`` it holds now."""
     entry = await store.get(f"conc.{task}")
-    return live_holders(_load(entry.value), time.time(), stale) if entry else {}
+    holders = live_holders(_load(entry.value), time.time(), stale) if entry else {}
+    return {worker: slots_of(held) for worker, held in holders.items()}
 
 
 # -- unique jobs ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from jsqueue.config import PRIORITIES, check_queue
+from jsqueue.config import LEVELS, check_queue
 from jsqueue.services.deps import Deps
 from jsqueue.wire import Broker, KvStore
 
@@ -31,8 +31,8 @@ async def _bucket(broker: Broker) -> KvStore:
 
 
 def consumers_of(broker: Broker, queue: str) -> list[str]:
-    """The consumer names of every priority level of ``queue``."""
-    return [broker.settings.consumer_name(queue, level) for level in PRIORITIES]
+    """The consumer names of every level of ``queue``."""
+    return [broker.settings.consumer_name(queue, level) for level in LEVELS]
 
 
 async def pause_queue(app: Deps, queue: str, *, by: str | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from jsqueue.config import LEVEL_DUE
 from jsqueue.services.producer import MSG_ID, SCHEDULE, SCHEDULE_TARGET, rfc3339
 from jsqueue.wire import ATTEMPT_HEADER, Broker, Delivery
 
@@ -43,7 +44,13 @@ async def hand_back(broker: Broker, delivery: Delivery) -> None:
 
 
 async def schedule_retry(
-    broker: Broker, delivery: Delivery, *, job_id: str, attempts: int, at: float
+    broker: Broker,
+    delivery: Delivery,
+    *,
+    job_id: str,
+    attempts: int,
+    at: float,
+    priority: int | None = None,
 ) -> None:
     """Send the job again after ``attempts`` runs, due at ``at`` (at once if that passed) on
     a server schedule under ``retry.<queue>.<job id>``, into the queue and priority level it
@@ -53,7 +60,8 @@ async def schedule_retry(
     subject = broker.settings.retry_subject(delivery.queue, job_id)
     headers = _carried_headers(delivery, attempts, f"{job_id}.a{attempts}")
     headers[SCHEDULE] = f"@at {rfc3339(max(at, time.time() + 1))}"
-    headers[SCHEDULE_TARGET] = delivery.subject
+    level = delivery.priority if priority is None else priority
+    headers[SCHEDULE_TARGET] = broker.settings.queue_subject(delivery.queue, level)
     headers[ROLLUP] = "sub"
     await broker.publish(subject, delivery.data, headers)
 
@@ -62,7 +70,8 @@ async def defer(
     broker: Broker, delivery: Delivery, *, job_id: str, at: float, headers: dict[str, str]
 ) -> None:
     """Send a job that has not run in this delivery again, due at ``at`` on a server schedule
-    under ``sched.<queue>.<job id>`` (so status counts it as scheduled and revoke purges it),
+    under ``sched.<queue>.<job id>`` (so status counts it as scheduled and revoke purges it)
+    into its queue's due level (:data:`~jsqueue.config.LEVEL_DUE`, where no backlog waits),
     with its attempts carried and ``headers`` added; the caller acks the delivery once this
     returned. Its ``Nats-Msg-Id`` names this delivery's message: if the ack is lost and the
     message comes back, the second copy is dropped as a duplicate."""
@@ -71,7 +80,7 @@ async def defer(
     carried = _carried_headers(delivery, delivery.attempt - 1, msg_id)
     carried.update(headers)
     carried[SCHEDULE] = f"@at {rfc3339(max(at, time.time() + 1))}"
-    carried[SCHEDULE_TARGET] = delivery.subject
+    carried[SCHEDULE_TARGET] = broker.settings.queue_subject(delivery.queue, LEVEL_DUE)
     carried[ROLLUP] = "sub"
     subject = broker.settings.schedule_subject(delivery.queue, job_id)
     await broker.publish(subject, delivery.data, carried)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import nats.js.errors
 from nats.js import api as js_api
 
-from jsqueue.config import BUCKETS, PRIORITIES, PRIORITY_NORMAL, Settings
+from jsqueue.config import BUCKETS, LEVELS, PRIORITY_NORMAL, Settings
 from jsqueue.wire.connection import Connection
 from jsqueue.wire.errors import riding_elections, translated
 
@@ -138,7 +138,7 @@ class Streams:
     async def oldest_ready(self, queue: str) -> float | None:
         """When the oldest job of ``queue`` (any priority) not yet delivered was stored."""
         oldest = None
-        for level in PRIORITIES:
+        for level in LEVELS:
             state = await self.consumer(queue, level)
             start = state.delivered_stream_seq + 1 if state else 1
             subject = self.settings.queue_subject(queue, level)

@@ -1,118 +1,144 @@
 """Letting a limited task's job start: its rate-limit start time and its concurrency slot.
 
-Before a job of a task with ``rate_limit`` or ``max_concurrency`` runs, the worker reserves its
-start time (:func:`jsqueue.services.limits.reserve_start`) and takes one of its slots
-(:func:`~jsqueue.services.limits.acquire_slot`). When it must wait, the job waits without a
-run slot and without a ``nak`` (a wait is not an attempt, DESIGN "Attempts, waits and
-crashes"): a short wait parks the delivery in the worker (its heartbeats go on), a long one, or
-one beyond what the worker may park, hands it back on a server schedule
-(:func:`jsqueue.services.republish.defer`) with its reserved start in ``Jsq-Start`` and its
-waits so far in ``Jsq-Waits``. Either way the jobs of other tasks behind it go on.
+Before a job of a task with ``rate_limit`` or ``max_concurrency`` runs, the worker takes its
+start time and one of its slots from the worker's share (:mod:`jsqueue.worker.leases`). A job
+that must wait does so without a run slot and without a ``nak`` (a wait is not an attempt,
+DESIGN "Attempts, waits and crashes"):
+
+- it *parks* in the worker (its heartbeats go on) when the worker has room for it and the wait
+  is short: until its reserved start (up to ``PARK_MAX``), or, waiting for a slot, to look
+  again a little later each time (up to ``SLOT_PARK``);
+- otherwise it is *handed back*: sent again on a server schedule with its attempts carried, and
+  acked. It comes back on its queue's due level (:data:`jsqueue.config.LEVEL_DUE`), pulled
+  before every other, so no backlog delays it: just before its reserved start (``Jsq-Start``,
+  which it keeps), or, waiting for a slot, a while later (twice as long each time,
+  ``Jsq-Waits`` counts them).
+
+Either way the jobs of other tasks behind it go on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 from jsqueue.config import Settings
 from jsqueue.services import limits, republish
 from jsqueue.task import Task
 from jsqueue.wire import Broker, Delivery, KvStore
+from jsqueue.worker.leases import START_SLACK, Slots, Starts
 
 log = logging.getLogger("jsqueue.worker")
 
-#: the header of a handed-back job: the start time it reserved (unix seconds)
-START_HEADER = "Jsq-Start"
 #: the header of a handed-back job: how many times it was handed back to wait
 WAITS_HEADER = "Jsq-Waits"
-#: a wait up to this long parks in the worker; a longer one goes on a server schedule
+#: the header of a handed-back job: the rate-limit start it reserved (unix seconds)
+START_HEADER = "Jsq-Start"
+#: a wait up to this long for a reserved start parks in the worker (if it has room)
 PARK_MAX = 2.0
+#: a job handed back to its reserved start comes back this much before it (and parks)
+EARLY = 0.5
 #: how long a job that waits for a slot sleeps before it looks again (growing to SLOT_POLL_MAX)
 SLOT_POLL = 0.05
 SLOT_POLL_MAX = 0.5
-#: how long a job waits for a slot parked here before it goes on a schedule instead
+#: how long a job waits for a slot parked here before it is handed back instead
 SLOT_PARK = 5.0
-#: the longest a job handed back to wait for a slot stays on its schedule
-SLOT_WAIT_MAX = 30.0
+#: the longest a handed-back job stays on its schedule
+HAND_BACK_MAX = 30.0
 
 
 @dataclass(frozen=True)
 class Wait:
-    """The job may not start before ``at`` (wall clock); ``why`` is ``rate`` or ``slot``."""
+    """The job may not start before ``at`` (wall clock); ``why`` is ``rate`` or ``slot``;
+    ``park``: whether it waits here (else it is handed back)."""
 
     at: float
     why: str
-    #: whether it may park in the worker (else it goes on a server schedule)
     park: bool
-    #: its reserved start, if it has one (carried when it is handed back)
+    #: the rate-limit start it reserved, which it keeps when it is handed back
     start: float | None = None
 
 
 class Admission:
-    """The limits of one worker's jobs: reserves starts, takes, refreshes and gives back slots."""
+    """The limits of one worker's jobs: starts, slots, and the waits between."""
 
     def __init__(self, broker: Broker, settings: Settings, worker_id: str) -> None:
         self._broker = broker
         self._worker = worker_id
         self._stale = settings.ack_wait
         self._store: KvStore | None = None
-        #: job id -> the start it reserved while it waits (parked) for a slot
+        #: job id -> the start it reserved while it is parked here
         self._starts: dict[str, float] = {}
         #: job id -> (when it first found every slot taken here, how often since)
         self._slot_waits: dict[str, tuple[float, int]] = {}
-        #: task -> job ids holding one of its slots here
-        self.holding: defaultdict[str, set[str]] = defaultdict(set)
+        self._ahead: dict[str, Starts] = {}
+        self.slots: dict[str, Slots] = {}
 
     async def _kv(self) -> KvStore:
         if self._store is None:
             self._store = await limits.bucket(self._broker)
         return self._store
 
-    async def admit(self, task: Task[..., object], job_id: str, delivery: Delivery) -> Wait | None:
-        """None when the job may start now (its slot, if any, is taken); else how to wait."""
+    async def admit(
+        self, task: Task[..., object], job_id: str, delivery: Delivery, room: bool
+    ) -> Wait | None:
+        """None when the job may start now (its slot, if any, is taken); else how it waits.
+        ``room``: whether the worker may park one more job."""
         rate, cap = task.rate, task.options.max_concurrency
         if rate is None and cap is None:
             return None
         store = await self._kv()
-        now = time.time()
         start = self._starts.get(job_id)
         if start is None and rate is not None:
             start = _header_float(delivery, START_HEADER)
-            if start is None:
-                start = await limits.reserve_start(store, task.name, rate)
-            if start > now + 0.001:
+        if start is not None and start < time.time() - START_SLACK:
+            start = None  # it came far too late for its start: taking it now would bunch
+        if start is None and rate is not None:
+            if task.name not in self._ahead:
+                self._ahead[task.name] = Starts(store, task.name, rate)
+            start = await self._ahead[task.name].next()
+        if start is not None:
+            ahead = start - time.time()
+            if ahead > 0.001:
                 self._starts[job_id] = start
-                return Wait(start, "rate", start - now <= PARK_MAX, start)
+                return Wait(start, "rate", room and ahead <= PARK_MAX, start)
         if cap is not None:
-            taken = await limits.acquire_slot(
-                store, task.name, cap, job_id, self._worker, self._stale
-            )
-            if not taken:
-                if start is not None:
-                    self._starts[job_id] = start
+            slots = self.slots.get(task.name)
+            if slots is None:
+                slots = Slots(store, task.name, cap, self._worker, self._stale)
+                self.slots[task.name] = slots
+            if not await slots.take():
+                now = time.time()
                 first, tries = self._slot_waits.get(job_id, (now, 0))
                 self._slot_waits[job_id] = (first, tries + 1)
-                if now - first < SLOT_PARK:  # look again soon, a little later each time
-                    pause = min(SLOT_POLL_MAX, SLOT_POLL * 1.5**tries)
-                    return Wait(now + pause, "slot", True, start)
-                waits = int(_header_float(delivery, WAITS_HEADER) or 0)
-                return Wait(now + min(SLOT_WAIT_MAX, 2.0 ** (waits + 1)), "slot", False, start)
-            self.holding[task.name].add(job_id)
+                if room and now - first < SLOT_PARK:  # look again soon, later each time
+                    if start is not None:
+                        self._starts[job_id] = start
+                    return Wait(now + min(SLOT_POLL_MAX, SLOT_POLL * 1.5**tries), "slot", True)
+                self.forget(job_id)
+                return self._hand_back_wait(delivery, start)
         self.forget(job_id)
         return None
+
+    @staticmethod
+    def _hand_back_wait(delivery: Delivery, start: float | None) -> Wait:
+        """Back on a schedule: 1 s after the first wait, twice as long each time (up to
+        ``HAND_BACK_MAX``), jittered so that a backlog handed back together comes apart."""
+        pause = min(HAND_BACK_MAX, 2.0 ** _waits(delivery)) * random.uniform(0.75, 1.25)
+        return Wait(time.time() + pause, "slot", False, start)
 
     async def hand_back(self, delivery: Delivery, job_id: str, wait: Wait) -> None:
         """Send the job again on a server schedule for when its wait ends, then ack this
         delivery."""
-        waits = delivery.headers.get(WAITS_HEADER, "0")
-        headers = {WAITS_HEADER: str(int(waits) + 1 if waits.isdigit() else 1)}
+        headers = {WAITS_HEADER: str(_waits(delivery) + 1)}
+        at = wait.at
         if wait.start is not None:
             headers[START_HEADER] = repr(wait.start)
-        # a reserved start is met by arriving a little early and parking the rest
-        at = wait.at - 0.5 if wait.why == "rate" else wait.at
+            if wait.why == "rate":
+                at -= EARLY  # back just before its start, to park for the rest
         await republish.defer(self._broker, delivery, job_id=job_id, at=at, headers=headers)
         await delivery.ack()
         self.forget(job_id)
@@ -129,37 +155,37 @@ class Admission:
         self._starts.pop(job_id, None)
         self._slot_waits.pop(job_id, None)
 
-    async def release(self, task: str, job_id: str) -> None:
-        """Give back the slot ``job_id`` holds (its job was settled)."""
-        held = self.holding.get(task)
-        if held is None or job_id not in held:
-            return
-        held.discard(job_id)
-        try:
-            await limits.release_slots(await self._kv(), task, {job_id}, self._stale)
-        except Exception as exc:  # it goes stale within ack_wait, and frees itself then
-            log.warning(
-                "slot of %s[%s] not given back (%s): free after ack_wait",
-                task,
-                job_id,
-                exc,
-            )
+    def release(self, task: str) -> None:
+        """A job of ``task`` that held a slot was settled."""
+        slots = self.slots.get(task)
+        if slots is not None:
+            slots.give()
+
+    async def close(self) -> None:
+        """Give back the slots held here, so the cluster need not wait ``ack_wait`` for them."""
+        for slots in list(self.slots.values()):
+            try:
+                await slots.close()
+            except Exception as exc:  # they go stale after ack_wait
+                log.warning("slots not given back at stop (%s): free after ack_wait", exc)
 
     async def refresh(self) -> None:
         """Tell the cluster that the slots held here are still in use (every ack_wait/3)."""
-        if not any(self.holding.values()):
-            return
-        store = await self._kv()
-        for task, job_ids in list(self.holding.items()):
-            if job_ids:
-                await limits.refresh_slots(store, task, set(job_ids), self._worker, self._stale)
+        for slots in list(self.slots.values()):
+            await slots.renew()
 
 
 def _header_float(delivery: Delivery, name: str) -> float | None:
-    value = delivery.headers.get(name)
-    if value is None:
-        return None
+    """A header's number, or None if it is missing, not a number, or not a plausible time or
+    count (a hostile header must not push a job years away)."""
     try:
-        return float(value)
+        value = float(delivery.headers.get(name, ""))
     except ValueError:
         return None
+    return value if math.isfinite(value) and 0 <= value < time.time() + 86400 * 366 else None
+
+
+def _waits(delivery: Delivery) -> int:
+    """How many times the job was handed back to wait (what ``Jsq-Waits`` says, bounded)."""
+    text = delivery.headers.get(WAITS_HEADER, "0")
+    return min(int(text), 64) if text.isdigit() and len(text) < 4 else 0

@@ -1,7 +1,7 @@
 """Handing deliveries to job tasks: one lane per queue and priority level, sharing the worker's
 slots.
 
-Every lane (a queue at one priority level, see :data:`jsqueue.config.PRIORITIES`) has a puller.
+Every lane (a queue at one priority level, see :data:`jsqueue.config.LEVELS`) has a puller.
 The worker's ``concurrency`` slots belong to no lane: a delivery starts when a slot is free, and
 when several lanes have deliveries waiting, the next slot goes to the lane whose turn it is,
 turns weighted by priority (a level gets twice the share of the one below it), so urgent work

@@ -114,15 +114,15 @@ class JobRunner:
                 self.executor.gate.leave(alone=job.gate)
             if job.env is not None and job.env.id in self._settled and job.owns_run:
                 self._settled.pop(job.env.id).set()
-            if job.slot is not None and job.job_id is not None:
-                await self.admission.release(job.slot, job.job_id)
+            if job.slot is not None:
+                self.admission.release(job.slot)
         return None
 
     async def _wait(self, job: Job, wait: Wait) -> float | None:
         """Park a job that waits for a limit, or hand it back on a server schedule (then ack
         it): a wait is no attempt, and never a ``nak``."""
         assert job.job_id is not None
-        if wait.park and self.park_room():
+        if wait.park:  # the worker had room for it when it was admitted
             return time.monotonic() + max(0.0, wait.at - time.time())
         await self.admission.hand_back(job.delivery, job.job_id, wait)
         log.debug("%s waits for its %s until %.3f: on a schedule", job.label, wait.why, wait.at)
@@ -215,7 +215,7 @@ class JobRunner:
             job.alone = True
             job.crashes_alone = crashes
         if task.rate is not None or task.options.max_concurrency is not None:
-            wait = await self.admission.admit(task, env.id, delivery)
+            wait = await self.admission.admit(task, env.id, delivery, self.park_room())
             if wait is not None:
                 return wait
             if task.options.max_concurrency is not None:

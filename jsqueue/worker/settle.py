@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jsqueue import failure
+from jsqueue.config import PRIORITY_NORMAL
 from jsqueue.errors import (
     ArgumentsError,
     ConnectError,
@@ -190,6 +191,7 @@ class Settler:
             job_id=job.job_id,
             attempts=delivery.attempt,
             at=time.time() + plan.delay,
+            priority=_priority_of(job),
         )
         job.note = " (on a server schedule)"
 
@@ -373,6 +375,13 @@ class Settler:
             error=None if job.error is None else failure.one_line(job.error),
         )
         await emit(self.hooks, event)
+
+
+def _priority_of(job: Job) -> int:
+    """The level a job goes back to: its own priority (a job that came back from a wait on
+    the due level returns to its own)."""
+    priority = job.env.priority if job.env is not None else None
+    return PRIORITY_NORMAL if priority is None else priority
 
 
 def times(started: float) -> dict[str, float]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from jsqueue.config import PRIORITIES, Settings
+from jsqueue.config import LEVELS, Settings
 from jsqueue.hooks import Hooks, queue_stats
 from jsqueue.pools.thread import ThreadPool
 from jsqueue.services.registry import REGISTRY_EVERY, WorkerRegistry, versions
@@ -217,7 +217,7 @@ async def burst_watch(worker: WorkerView, queues: Sequence[str] | None = None) -
 async def _counts(broker: Broker, queue: str) -> tuple[int, int]:
     """(ready, unacked) of ``queue``, every priority level together."""
     ready = unacked = 0
-    for level in PRIORITIES:
+    for level in LEVELS:
         info = await broker.streams.consumer(queue, level)
         if info is not None:
             ready += info.pending

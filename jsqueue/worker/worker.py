@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from jsqueue.app import App
-from jsqueue.config import PRIORITIES, Settings
+from jsqueue.config import LEVELS, Settings
 from jsqueue.hooks import Hooks
 from jsqueue.pools import ProcessPool
 from jsqueue.pools.thread import ThreadPool
@@ -179,12 +179,12 @@ class Worker:
         self._paused = PausedQueues(self._on_pause_change)
         await self._paused.start(broker)
         self.dispatch.lanes = {}
-        lanes = len(self.queues) * len(PRIORITIES)
+        lanes = len(self.queues) * len(LEVELS)
         for queue in self.queues:
-            consumers = [await broker.ensure_consumer(queue, level) for level in PRIORITIES]
+            consumers = [await broker.ensure_consumer(queue, level) for level in LEVELS]
             if queue in self._paused:  # a consumer created now must not run the queue
                 await broker.pause_consumers(consumers, PAUSED_UNTIL)
-            for level, consumer in zip(PRIORITIES, consumers, strict=True):
+            for level, consumer in zip(LEVELS, consumers, strict=True):
                 puller = broker.puller(
                     queue,
                     consumer,
@@ -277,6 +277,8 @@ class Worker:
             await lane.puller.close()
         if self.pool is not None:
             await self.pool.close()
+        if self._runner is not None and self.broker is not None and self.broker.is_connected:
+            await self._runner.admission.close()
         if self._registry is not None:
             await self._registry.remove(self.id)
         if self._revoked is not None:

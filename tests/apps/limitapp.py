@@ -48,9 +48,12 @@ async def free(marks: str) -> None:
 
 
 @app.task(unique_for=60)
-async def unique(marks: str, seconds: float) -> str:
+def unique(marks: str, seconds: float) -> str:
+    """Takes ``seconds``; a negative number: until the file ``go`` exists (60 s at most)."""
     mark(marks, "unique")
-    await asyncio.sleep(seconds)
+    deadline = time.monotonic() + (60 if seconds < 0 else seconds)
+    while time.monotonic() < deadline and not (seconds < 0 and Path(marks, "go").exists()):
+        time.sleep(0.01)
     return current_job().id
 
 

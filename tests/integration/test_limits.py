@@ -207,18 +207,19 @@ async def test_unique_jobs_from_separate_processes_while_queued_and_while_runnin
     m = str(tmp_path)
     async with limitapp:
         # queued: no worker yet; three processes send the same call at once
-        ids = await asyncio.gather(*(_producer(limitapp, m, "1.5") for _ in range(3)))
+        ids = await asyncio.gather(*(_producer(limitapp, m, "-1") for _ in range(3)))
         assert len(set(ids)) == 1, ids
         other = await _producer(limitapp, m, "0.1")  # other arguments: another key
         assert other != ids[0]
         with workers(limitapp, tmp_path, 1, "-c", "4"):
             await wait_until(lambda: len(kinds(tmp_path, "unique")) == 2, 30, "both to start")
-            # running: the same call again is the running job
-            assert await _producer(limitapp, m, "1.5") == ids[0]
+            # running (until the file go exists): the same call again is the running job
+            assert await _producer(limitapp, m, "-1") == ids[0]
+            (tmp_path / "go").touch()
             job = task(limitapp, "unique").result(ids[0])
             assert await job.get(timeout=30) == ids[0]
             # final: the key is released, the next call is a new job
-            again = await _producer(limitapp, m, "1.5")
+            again = await _producer(limitapp, m, "-1")
             assert again != ids[0]
             assert await task(limitapp, "unique").result(again).get(timeout=30) == again
     assert len(kinds(tmp_path, "unique")) == 3  # ids[0], other, again: each ran once

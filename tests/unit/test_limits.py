@@ -17,6 +17,7 @@ from jsqueue.limits import (
     live_holders,
     parse_rate,
     reserve,
+    slots_of,
 )
 
 
@@ -51,6 +52,17 @@ def test_reservations_are_spaced_by_the_interval_whoever_asks() -> None:
     # an idle spell gives no credit: the next start is now, not a burst of the time missed
     start, tat = reserve(tat, 2000.0, 0.1)
     assert (start, tat) == (2000.0, pytest.approx(2000.1))
+
+
+def test_a_holder_entry_counts_whole_positive_slots_only() -> None:
+    assert [slots_of(h) for h in ({"n": 3}, {"n": 0}, {"n": -2}, {"n": True}, {"n": "3"}, 5)] == [
+        3,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
 
 
 def test_stale_slots_are_free() -> None:
