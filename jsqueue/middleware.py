@@ -53,6 +53,10 @@ class Middleware:
         """A process-pool child loaded the app and is about to take jobs (open a database
         pool, set tracing up: whatever must not be inherited across a fork)."""
 
+    def on_child_stop(self) -> None:
+        """A process-pool child was told to stop (flush what it buffered); a child killed at
+        its time limit or by a crash never gets here."""
+
 
 def prepare(middleware: Sequence[Middleware], env: Envelope) -> Envelope:
     """``env`` with the headers ``middleware`` adds before it is published."""
@@ -194,6 +198,14 @@ def child_started(middleware: Sequence[Middleware]) -> None:
             item.on_child_start()
         except Exception:
             log.exception("middleware %s failed on the start of a pool child", _name(item))
+
+
+def child_stopped(middleware: Sequence[Middleware]) -> None:
+    for item in middleware:
+        try:
+            item.on_child_stop()
+        except Exception:
+            log.exception("middleware %s failed on the stop of a pool child", _name(item))
 
 
 def _failed(item: Middleware, job: JobContext, exc: BaseException) -> None:

@@ -39,7 +39,7 @@ from jsqueue import progress
 from jsqueue.app import App, load_app
 from jsqueue.context import current_job, reset_current, set_current, sink_to
 from jsqueue.errors import NotRegistered, SerializeError, SoftTimeLimitExceeded
-from jsqueue.middleware import child_started, run_job_sync
+from jsqueue.middleware import child_started, child_stopped, run_job_sync
 from jsqueue.pools import protocol
 from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Message, Ready, Report, RunJob
 from jsqueue.task import Task
@@ -133,6 +133,7 @@ def serve(sock: socket.socket, config: ChildConfig) -> None:
         while True:
             message = channel.receive()
             if not isinstance(message, RunJob):
+                child_stopped(app.middleware)
                 return  # Stop, or nonsense: either way this child is done
             channel.send(_run(app, message, config.worker_id))
     except (EOFError, OSError):
