@@ -25,3 +25,4 @@ def test_importing_jsqueue_loads_no_optional_package() -> None:
 
 def test_contrib_modules_load_only_their_own_extra() -> None:
     assert loaded_after("import jsqueue.contrib.otel") == ["opentelemetry"]
+    assert loaded_after("import jsqueue.contrib.django") == ["django"]
