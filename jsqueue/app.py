@@ -352,3 +352,26 @@ def load_app(spec: str) -> App:
     if not isinstance(app, App):
         raise ConfigError(f"{spec} is a {type(app).__name__}, not a jsqueue.App")
     return app
+
+
+def app_spec_of(app: App) -> str:
+    """The ``module:attribute`` a child process imports to get ``app`` (for the process pool).
+
+    Looked up in the modules that define the app's tasks; :class:`ConfigError` if a task lives
+    in ``__main__`` (a child cannot import it) or no module holds the app.
+    """
+    in_main = sorted(t.name for t in app.tasks.values() if t.fn.__module__ == "__main__")
+    if in_main:
+        raise ConfigError(
+            f"task(s) {', '.join(in_main[:5])} are defined in __main__, which a pool child "
+            "cannot import: move them to a module and run the worker with -A module:app"
+        )
+    for name in sorted({t.fn.__module__ for t in app.tasks.values()}):
+        module = sys.modules.get(name)
+        for attr, value in vars(module).items() if module is not None else ():
+            if value is app:
+                return f"{name}:{attr}"
+    raise ConfigError(
+        f"cannot tell which module holds app {app.name}: pass app_spec='module:attribute' "
+        "(what -A takes) to run_worker(pool='process')"
+    )

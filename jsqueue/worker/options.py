@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jsqueue.app import App
+from jsqueue.app import App, app_spec_of
 from jsqueue.config import check_queue
 from jsqueue.errors import ConfigError
 from jsqueue.worker.execute import Limits
@@ -91,26 +90,3 @@ def _queues(queues: Sequence[str] | None, default: str) -> list[str]:
     if twice:
         raise ConfigError(f"queue(s) {', '.join(twice)} given more than once")
     return checked
-
-
-def app_spec_of(app: App) -> str:
-    """The ``module:attribute`` a child process imports to get ``app`` (for the process pool).
-
-    Looked up in the modules that define the app's tasks; :class:`ConfigError` if a task lives
-    in ``__main__`` (a child cannot import it) or no module holds the app.
-    """
-    in_main = sorted(t.name for t in app.tasks.values() if t.fn.__module__ == "__main__")
-    if in_main:
-        raise ConfigError(
-            f"task(s) {', '.join(in_main[:5])} are defined in __main__, which a pool child "
-            "cannot import: move them to a module and run the worker with -A module:app"
-        )
-    for name in sorted({t.fn.__module__ for t in app.tasks.values()}):
-        module = sys.modules.get(name)
-        for attr, value in vars(module).items() if module is not None else ():
-            if value is app:
-                return f"{name}:{attr}"
-    raise ConfigError(
-        f"cannot tell which module holds app {app.name}: pass app_spec='module:attribute' "
-        "(what -A takes) to run_worker(pool='process')"
-    )
