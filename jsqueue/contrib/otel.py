@@ -4,7 +4,9 @@ the worker, joined by the W3C ``traceparent`` in the job's headers.
 
 Spans carry the messaging semantic-convention attributes (``messaging.system`` is
 ``"jsqueue"``, ``messaging.destination.name`` the queue, ``messaging.message.id`` the job id)
-and ``jsqueue.attempt``. A retry is delivered with the same headers, so each attempt is a
+and ``jsqueue.attempt`` (the conventions have no attempt attribute of their own; they prefix
+system-specific ones with the system, as Service Bus's delivery count), with ``error.type`` when
+the task raised. A retry is delivered with the same headers, so each attempt is a
 consumer span under the same producer span; what a worker sends after a job (the next step of
 a chain, a callback) is sent under that job's consumer span, so a workflow is one trace.
 ``def`` tasks run under the consumer span in the pool's thread or child process: spans they
@@ -84,7 +86,7 @@ class Tracing(Middleware):
     async def around_job(self, job: JobContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
         attributes = _attributes(job.queue, job.id, "process")
         attributes.update({"jsqueue.task": job.task, "jsqueue.attempt": job.attempt})
-        attributes["jsqueue.worker"] = job.worker
+        attributes["messaging.client.id"] = job.worker
         with self.tracer.start_as_current_span(
             f"process {job.task}",
             context=propagate.extract(job.headers),
@@ -93,7 +95,11 @@ class Tracing(Middleware):
         ) as span:
             propagate.inject(job.headers)  # a def task's thread or child continues from here
             self._remember(job.id, span.get_span_context())
-            return await call_next()
+            try:
+                return await call_next()
+            except Exception as exc:
+                span.set_attribute("error.type", f"{type(exc).__module__}.{type(exc).__qualname__}")
+                raise
 
     def around_job_sync(self, job: JobContext, call_next: Callable[[], Any]) -> Any:
         token = otel_context.attach(propagate.extract(job.headers))

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from jsqueue import App, chain
 from jsqueue.contrib.otel import instrument
-from jsqueue.testing import Process, destroy
+from jsqueue.testing import Process, burst, destroy
 
 from .support import ROOT
 
@@ -120,6 +120,10 @@ async def test_a_trace_runs_from_the_sender_through_workers_retries_and_chains(
         (1, "ERROR"),
         (2, "UNSET"),
     ]
+    assert [r["attributes"].get("error.type") for r in attempts if r["status"] == "ERROR"] == [
+        "builtins.ConnectionError"
+    ]
+    assert process_add["attributes"]["messaging.client.id"]
 
     # a chain: the worker sends the second step under the first step's consumer span
     assert steps.parent is not None
@@ -141,3 +145,38 @@ async def test_a_trace_runs_from_the_sender_through_workers_retries_and_chains(
 
 def _id(span: Any) -> str:
     return f"{span.context.span_id:016x}"
+
+
+async def test_an_embedded_worker_traces_jobs_sent_from_inside_a_task(
+    jsq_app: App, memory: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = memory
+    tracing = instrument(jsq_app, tracer_provider=provider)
+    assert instrument(jsq_app) is tracing  # a second call changes nothing
+    assert jsq_app.middleware == [tracing]
+
+    @jsq_app.task
+    async def leaf(x: int) -> int:
+        return x * 2
+
+    @jsq_app.task
+    def fan_out(n: int) -> int:  # a def task in the thread pool sends under its own span
+        return len([leaf.delay_sync(i).id for i in range(n)])
+
+    async with jsq_app:
+        job = await fan_out.delay(2)
+        await burst(jsq_app)
+        assert await job.get(timeout=10) == 2
+    finished = exporter.get_finished_spans()
+    by_name: dict[str, list[Any]] = {}
+    for span in finished:
+        by_name.setdefault(span.name.split(".")[-1], []).append(span)
+    (outer,) = [s for s in by_name["fan_out"] if s.kind.name == "CONSUMER"]
+    sends = [s for s in by_name["leaf"] if s.kind.name == "PRODUCER"]
+    assert len(sends) == 2
+    assert all(s.parent is not None and s.parent.span_id == outer.context.span_id for s in sends)
+    leaves = [s for s in by_name["leaf"] if s.kind.name == "CONSUMER"]
+    assert sorted(s.parent.span_id for s in leaves if s.parent) == sorted(
+        s.context.span_id for s in sends
+    )
+    assert {s.context.trace_id for s in finished} == {outer.context.trace_id}
