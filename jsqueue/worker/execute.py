@@ -157,12 +157,12 @@ class TaskExecutor:
         hard, soft = self.limits.of(task)
         sink = sink_to(self.on_report, env.id, progress.on_loop(asyncio.get_running_loop()))
         token = set_current(env, job.delivery.attempt, self.worker_id, sink)
-        call = functools.partial(task.fn, *env.args, **env.kwargs)
         if self.middleware:
+            call = functools.partial(task.fn, *env.args, **env.kwargs)
             context = context_of(env, job.delivery.attempt, self.worker_id, sink)
             coroutine = Interruptible(run_job(self.middleware, context, call))
         else:
-            coroutine = Interruptible(call())
+            coroutine = Interruptible(task.fn(*env.args, **env.kwargs))
         self._coroutines[env.id] = coroutine
         self.where[env.id] = "async"
         timer = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jsqueue import App, JobContext, Middleware, TaskFailed, current_job
+from jsqueue import App, JobContext, Middleware, SoftTimeLimitExceeded, TaskFailed, current_job
 from jsqueue.envelope import Envelope
 from jsqueue.testing import Process, burst, destroy
 
@@ -189,3 +189,29 @@ async def test_process_pool_children_start_middleware_and_run_it_around_jobs(
     out = worker.output()
     assert "Broken failed on the start of a pool child" in out
     assert "Broken failed around job" in out
+
+
+async def test_time_limits_and_revokes_hold_through_middleware(jsq_app: App) -> None:
+    seen: list[str] = []
+    jsq_app.add_middleware(Recorder("a", seen))
+
+    @jsq_app.task(soft_time_limit=0.3, time_limit=5)
+    async def soft() -> str:
+        try:
+            await asyncio.sleep(10)
+        except SoftTimeLimitExceeded:
+            return "stopped softly"
+        return "slept"
+
+    @jsq_app.task(time_limit=0.3)
+    async def hard() -> None:
+        await asyncio.sleep(10)
+
+    async with jsq_app:
+        a, b = await soft.delay(), await hard.delay()
+        await burst(jsq_app)
+        assert await a.get(timeout=10) == "stopped softly"
+        with pytest.raises(TaskFailed, match="time_limit"):
+            await b.get(timeout=10)
+    assert "a!TimeLimitExceeded" not in seen  # the hard limit cancels: no exception of ours
+    assert seen.count("<a") == 2  # both jobs left the middleware
