@@ -30,6 +30,7 @@ class JobContext:
     parent_id: str | None = None
     root_id: str | None = None
     eta: float | None = None
+    #: more about the job: ``chord_id`` for a member of a chord
     extra: dict[str, Any] = field(default_factory=dict)
     sink: Sink | None = field(default=None, repr=False, compare=False)
 
@@ -72,6 +73,7 @@ def context_of(env: Envelope, attempt: int, worker: str, sink: Sink | None = Non
         parent_id=env.parent_id,
         root_id=env.root_id,
         eta=env.eta,
+        extra={"chord_id": str(env.chord["id"])} if env.chord else {},
         sink=sink,
     )
 

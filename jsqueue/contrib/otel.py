@@ -8,7 +8,8 @@ and ``jsqueue.attempt`` (the conventions have no attempt attribute of their own;
 system-specific ones with the system, as Service Bus's delivery count), with ``error.type`` when
 the task raised. A retry is delivered with the same headers, so each attempt is a
 consumer span under the same producer span; what a worker sends after a job (the next step of
-a chain, a callback) is sent under that job's consumer span, so a workflow is one trace.
+a chain, a callback, a chord's callback after its last member) is sent under that job's consumer
+span, so a workflow is one trace.
 ``def`` tasks run under the consumer span in the pool's thread or child process: spans they
 make nest under it.
 
@@ -95,6 +96,8 @@ class Tracing(Middleware):
         ) as span:
             propagate.inject(job.headers)  # a def task's thread or child continues from here
             self._remember(job.id, span.get_span_context())
+            if "chord_id" in job.extra:  # the member that completes a chord sends its callback
+                self._remember(job.extra["chord_id"], span.get_span_context())
             try:
                 return await call_next()
             except Exception as exc:

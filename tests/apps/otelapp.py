@@ -60,6 +60,11 @@ async def add(x: int, y: int) -> int:
     return x + y
 
 
+@app.task
+async def total(values: list[int]) -> int:
+    return sum(values)
+
+
 @app.task(retry=RetryPolicy(stop=stop_after_attempt(3), wait=wait_fixed(0.2)))
 async def flaky() -> int:
     if current_job().attempt < 2:

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from jsqueue import App, chain
+from jsqueue import App, chain, chord
 from jsqueue.contrib.otel import instrument
 from jsqueue.testing import Process, burst, destroy
 
@@ -81,10 +81,13 @@ async def test_a_trace_runs_from_the_sender_through_workers_retries_and_chains(
                         client.signature(f"{TASKS}.add", 1, 2), client.signature(f"{TASKS}.add", 10)
                     ).delay()
                     inner = await client.signature(f"{TASKS}.inner").apply_async(queue="proc")
+                    members = [client.signature(f"{TASKS}.add", i, i) for i in range(3)]
+                    summed = await chord(members, client.signature(f"{TASKS}.total")).delay()
                 assert await add.get(timeout=30) == 3
                 assert await flaky.get(timeout=30) == 2
                 assert await steps.get(timeout=30) == 13
                 child_pid = await inner.get(timeout=30)
+                assert await summed.get(timeout=30) == 6
                 for process in (threads, children):
                     process.signal(signal.SIGTERM)
                 for process in (threads, children):
@@ -132,6 +135,13 @@ async def test_a_trace_runs_from_the_sender_through_workers_retries_and_chains(
     assert second_send["pid"] == threads.pid
     second = one(rows, name=f"process {TASKS}.add", parent=second_send["span"])
     assert second["attributes"]["messaging.message.id"] == steps.id
+
+    # a chord: its callback is sent under the consumer span of a member (the last one)
+    callback = one(rows, name=f"process {TASKS}.total")
+    callback_send = one(rows, name=f"send {TASKS}.total", span=callback["parent"])
+    member = one(rows, span=callback_send["parent"])
+    assert member["name"] == f"process {TASKS}.add"
+    assert member["attributes"]["messaging.message.id"] not in (add.id, steps.id)
 
     # a def task in a process-pool child: the child set tracing up (on_child_start) and the
     # task's own span nests under the consumer span
