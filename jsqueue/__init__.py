@@ -28,6 +28,7 @@ from jsqueue.errors import (
     TimeLimitExceeded,
     WorkerLost,
 )
+from jsqueue.middleware import Middleware
 from jsqueue.progress import Progress
 from jsqueue.retry import RetryPolicy
 from jsqueue.services.handles import AsyncResult, GroupResult
@@ -44,6 +45,7 @@ __all__ = [
     "RetryPolicy",
     "Signature",
     "Task",
+    "Middleware",
     # canvas
     "GroupResult",
     "chain",

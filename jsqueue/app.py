@@ -27,6 +27,7 @@ from jsqueue.canvas import Signature
 from jsqueue.config import Settings, SettingsKwargs, check_job_id
 from jsqueue.errors import ConfigError, NotRegistered
 from jsqueue.hooks import Hooks
+from jsqueue.middleware import Middleware
 from jsqueue.retry import RetryPolicy
 from jsqueue.schedule import Cron, Every, Schedule
 from jsqueue.services.handles import AsyncResult
@@ -93,6 +94,7 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.periodic: dict[str, PeriodicEntry] = {}
         self.hooks: list[Hooks] = []
+        self.middleware: list[Middleware] = []
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -224,6 +226,11 @@ class App:
         """Observe job events (see :class:`jsqueue.hooks.Hooks`) in this app's workers."""
         self.hooks.append(hook)
 
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware`` (a :class:`jsqueue.Middleware`) on this app's publishes, jobs,
+        workers and pool children, inside the middleware added before it."""
+        self.middleware.append(middleware)
+
     def result(self, job_id: str) -> AsyncResult[Any]:
         """A handle on job ``job_id`` (say, an id a web request was given) to wait for its
         outcome; :class:`ConfigError` if it is not a legal job id."""
@@ -258,6 +265,7 @@ class App:
             state = None
         if state is None:
             broker = Broker(self.settings, client_name=self.name, notify_token=self._notify_token)
+            broker.middleware = self.middleware
             state = _LoopState(broker, asyncio.Lock())
             self._loops[loop] = state
         return state

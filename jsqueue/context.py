@@ -30,6 +30,7 @@ class JobContext:
     parent_id: str | None = None
     root_id: str | None = None
     eta: float | None = None
+    #: more about the job: ``chord_id`` for a member of a chord
     extra: dict[str, Any] = field(default_factory=dict)
     sink: Sink | None = field(default=None, repr=False, compare=False)
 
@@ -57,16 +58,22 @@ def current_job() -> JobContext:
         env, attempt, worker, sink = _current.get()
     except LookupError:
         raise JsqueueError("current_job() is only available inside a running task") from None
+    return context_of(env, attempt, worker, sink)
+
+
+def context_of(env: Envelope, attempt: int, worker: str, sink: Sink | None = None) -> JobContext:
+    """The :class:`JobContext` of ``env`` (its headers a copy, free to change)."""
     return JobContext(
         id=env.id,
         task=env.task,
         attempt=attempt,
         queue=env.queue,
         worker=worker,
-        headers=env.headers or {},
+        headers=dict(env.headers or {}),
         parent_id=env.parent_id,
         root_id=env.root_id,
         eta=env.eta,
+        extra={"chord_id": str(env.chord["id"])} if env.chord else {},
         sink=sink,
     )
 

@@ -37,8 +37,9 @@ from typing import Any
 
 from jsqueue import progress
 from jsqueue.app import App, load_app
-from jsqueue.context import reset_current, set_current, sink_to
+from jsqueue.context import current_job, reset_current, set_current, sink_to
 from jsqueue.errors import NotRegistered, SerializeError, SoftTimeLimitExceeded
+from jsqueue.middleware import child_started, child_stopped, run_job_sync
 from jsqueue.pools import protocol
 from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Message, Ready, Report, RunJob
 from jsqueue.task import Task
@@ -127,10 +128,12 @@ def serve(sock: socket.socket, config: ChildConfig) -> None:
         if app is None:
             return
         _state.channel = channel
+        child_started(app.middleware)
         channel.send(Ready(os.getpid()))
         while True:
             message = channel.receive()
             if not isinstance(message, RunJob):
+                child_stopped(app.middleware)
                 return  # Stop, or nonsense: either way this child is done
             channel.send(_run(app, message, config.worker_id))
     except (EOFError, OSError):
@@ -183,7 +186,7 @@ def _run(app: App, message: RunJob, worker_id: str) -> Done:
     if task is None:
         missing = NotRegistered(f"no task named {job.task!r} is registered on app {app.name}")
         return _failure(job.job_id, missing)
-    ok, result, text = _call(task, job, job.worker or worker_id)
+    ok, result, text = _call(app, task, job, job.worker or worker_id)
     duration = time.monotonic() - started
     if ok:
         try:
@@ -194,16 +197,22 @@ def _run(app: App, message: RunJob, worker_id: str) -> Done:
     return _failure(job.job_id, result, text, duration)
 
 
-def _call(task: Task[Any, Any], job: ChildJob, worker: str) -> tuple[bool, Any, str]:
+def _body(task: Task[Any, Any], job: ChildJob) -> Any:
+    value = task.fn(*job.args, **job.kwargs)
+    return asyncio.run(value) if inspect.iscoroutine(value) else value
+
+
+def _call(app: App, task: Task[Any, Any], job: ChildJob, worker: str) -> tuple[bool, Any, str]:
     """Run the task function: (True, value, "") or (False, exception, traceback text)."""
     sink = sink_to(_report_progress, job.job_id, progress.in_thread)
     token = set_current(job.envelope(), job.attempt, worker, sink)
     try:
         _state.running = _Running(job, soft_armed=job.soft_time_limit is not None)
         try:
-            value = task.fn(*job.args, **job.kwargs)
-            if inspect.iscoroutine(value):
-                value = asyncio.run(value)
+            if app.middleware:
+                value = run_job_sync(app.middleware, current_job(), lambda: _body(task, job))
+            else:
+                value = _body(task, job)
         finally:
             _state.running = None  # from here on a soft-limit signal does nothing
         return True, value, ""

@@ -19,8 +19,9 @@ from typing import Any
 
 from jsqueue import progress
 from jsqueue.app import App
-from jsqueue.context import ReportCallback, Sink, reset_current, set_current, sink_to
+from jsqueue.context import ReportCallback, Sink, current_job, reset_current, set_current, sink_to
 from jsqueue.errors import NotRegistered
+from jsqueue.middleware import Middleware, run_job_sync
 from jsqueue.pools.outcome import ChildOutcome
 from jsqueue.pools.protocol import ChildJob
 
@@ -51,7 +52,7 @@ class ThreadPool:
             return ChildOutcome(error=NotRegistered(f"no task named {job.task!r} is registered"))
         loop = asyncio.get_running_loop()
         sink = sink_to(self._on_report, job.job_id, progress.on_loop(loop))
-        call = functools.partial(_call, task.fn, job, sink)
+        call = functools.partial(_call, task.fn, job, sink, self.app.middleware)
         began = time.monotonic()
         self.running[job.job_id] = (job.task, time.time())
         try:
@@ -78,9 +79,14 @@ class ThreadPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _call(fn: Any, job: ChildJob, sink: Sink | None) -> tuple[bool, Any]:
+def _call(
+    fn: Any, job: ChildJob, sink: Sink | None, middleware: list[Middleware]
+) -> tuple[bool, Any]:
     token = set_current(job.envelope(), job.attempt, job.worker, sink)
     try:
+        if middleware:
+            call = functools.partial(fn, *job.args, **job.kwargs)
+            return True, run_job_sync(middleware, current_job(), call)
         return True, fn(*job.args, **job.kwargs)
     except BaseException as exc:
         return False, exc

@@ -26,6 +26,7 @@ from jsqueue.config import (
 )
 from jsqueue.envelope import Envelope, encode, new_job_id
 from jsqueue.errors import ConfigError, PayloadTooLarge
+from jsqueue.middleware import prepare
 from jsqueue.services.events import enqueued
 from jsqueue.wire import Ack, Broker
 
@@ -187,6 +188,7 @@ def level(env: Envelope) -> int:
 
 async def send(broker: Broker, env: Envelope) -> Ack:
     """Publish one job and wait until the server stored it."""
+    env = prepare(broker.middleware, env)
     subject, payload, headers = wire_form(broker.settings, env)
     if len(payload) + ARGS_SLACK > broker.max_payload:
         subject, payload, headers = await _offload(broker, env, payload)
@@ -199,6 +201,7 @@ async def send(broker: Broker, env: Envelope) -> Ack:
 async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> None:
     """Publish many jobs pipelined; return once the server stored every one."""
     messages = []
+    envelopes = [prepare(broker.middleware, env) for env in envelopes]
     for env in envelopes:
         subject, payload, headers = wire_form(broker.settings, env)
         if len(payload) + ARGS_SLACK > broker.max_payload:

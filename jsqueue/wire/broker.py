@@ -50,6 +50,8 @@ class Broker:
         self._kv: dict[str, KvStore] = {}
         self._objects: ObjectStore | None = None
         self.lost = asyncio.Event()
+        #: the app's middleware (jsqueue.Middleware): the producer runs it on each job it sends
+        self.middleware: Sequence[Any] = ()
         #: where workers tell this process that a job it sent has an outcome (the app's, so it
         #: stays the same across its connections)
         token = notify_token or uuid.uuid4().hex[:16]

@@ -12,14 +12,16 @@ worker died) can run alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jsqueue import progress
-from jsqueue.context import ReportCallback, reset_current, set_current, sink_to
+from jsqueue.context import ReportCallback, context_of, reset_current, set_current, sink_to
 from jsqueue.errors import ConfigError, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
+from jsqueue.middleware import Middleware, run_job
 from jsqueue.pools.outcome import ChildOutcome
 from jsqueue.pools.protocol import ChildJob
 from jsqueue.worker.gate import Gate
@@ -94,8 +96,11 @@ class TaskExecutor:
         worker_id: str,
         *,
         on_report: ReportCallback | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.pool = pool
+        #: the app's middleware, around every job (see :mod:`jsqueue.middleware`)
+        self.middleware = middleware
         self.limits = limits
         self.worker_id = worker_id
         #: where coroutine tasks' reports go (pools hand theirs to the same callback)
@@ -152,7 +157,12 @@ class TaskExecutor:
         hard, soft = self.limits.of(task)
         sink = sink_to(self.on_report, env.id, progress.on_loop(asyncio.get_running_loop()))
         token = set_current(env, job.delivery.attempt, self.worker_id, sink)
-        coroutine = Interruptible(task.fn(*env.args, **env.kwargs))
+        if self.middleware:
+            call = functools.partial(task.fn, *env.args, **env.kwargs)
+            context = context_of(env, job.delivery.attempt, self.worker_id, sink)
+            coroutine = Interruptible(run_job(self.middleware, context, call))
+        else:
+            coroutine = Interruptible(task.fn(*env.args, **env.kwargs))
         self._coroutines[env.id] = coroutine
         self.where[env.id] = "async"
         timer = None
@@ -194,7 +204,8 @@ class TaskExecutor:
         hard, soft = self.limits.of(task)
         self.where[env.id] = self.pool.kind
         try:
-            result = await self.pool.run(
+            result = await self._through_middleware(
+                job,
                 ChildJob(
                     job_id=env.id,
                     task=env.task,
@@ -209,8 +220,35 @@ class TaskExecutor:
                     eta=env.eta,
                     time_limit=hard,
                     soft_time_limit=soft,
-                )
+                ),
             )
         finally:
             self.where.pop(env.id, None)
         job.value, job.error, job.remote_traceback = result.value, result.error, result.traceback
+
+    async def _through_middleware(self, job: Job, child: ChildJob) -> ChildOutcome:
+        """Hand ``child`` to the pool inside the middleware's ``around_job``; the headers
+        they set on the job go with it to the thread or child process."""
+        if not self.middleware:
+            return await self.pool.run(child)
+        assert job.env is not None
+        context = context_of(job.env, job.delivery.attempt, self.worker_id)
+        outcomes: list[ChildOutcome] = []
+
+        async def call() -> Any:
+            outcome = await self.pool.run(replace(child, headers=context.headers or None))
+            outcomes.append(outcome)
+            if outcome.error is not None:
+                raise outcome.error
+            return outcome.value
+
+        try:
+            value = await run_job(self.middleware, context, call)
+        except BaseException as exc:
+            if outcomes and exc is outcomes[-1].error:
+                return outcomes[-1]
+            raise
+        last = outcomes[-1] if outcomes else ChildOutcome()
+        if last.error is None and value is last.value:
+            return last
+        return replace(last, value=value, error=None, traceback="")

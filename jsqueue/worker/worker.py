@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Any
 
+from jsqueue import middleware
 from jsqueue.app import App
 from jsqueue.config import LEVELS, Settings
 from jsqueue.hooks import Hooks
@@ -135,8 +136,12 @@ class Worker:
         watch = LoopWatch(self.options.block_warning, JobRunner.culprit)
         watch.start()
         self.pool = self._make_pool()
-        self.executor = TaskExecutor(self.pool, self.limits, self.id, on_report=self._on_report)
+        mw = self.app.middleware
+        self.executor = TaskExecutor(
+            self.pool, self.limits, self.id, on_report=self._on_report, middleware=mw
+        )
         try:
+            await middleware.worker_started(mw, self.id)
             await self.pool.start()
             await self._open(wait_for_server)
             while await self._serve():
@@ -289,6 +294,7 @@ class Worker:
             await self._progress.close()
         for hook in self.hooks:
             await hook.on_worker_stop()
+        await middleware.worker_stopped(self.app.middleware, self.id)
         if self.broker is not None and self.broker.is_connected:
             await self.broker.flush()
 

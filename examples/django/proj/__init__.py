@@ -1,0 +1,1 @@
+"""An example Django project that sends jsqueue jobs from views (see README.md here)."""
