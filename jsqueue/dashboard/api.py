@@ -8,6 +8,7 @@ table is this list). Errors are ``{"error": "..."}`` with 400 (bad input), 404 (
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from jsqueue.services import dlq
 from jsqueue.services.queues import pause_queue, resume_queue
 from jsqueue.services.status import purge_queue, revoke_job
 
+log = logging.getLogger("jsqueue.dashboard")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -49,6 +51,9 @@ def api(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
             text = str(exc)
             status = 404 if "not found" in text or text.startswith("no ") else 409
             return JSONResponse({"error": text}, status_code=status)
+        except Exception as exc:  # a bug, or the server gone: say so, keep serving
+            log.exception("%s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": f"internal error: {exc!r}"}, status_code=500)
 
     return wrapped
 

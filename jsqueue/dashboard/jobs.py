@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jsqueue.config import shorten
 from jsqueue.dashboard.monitor import Monitor
 from jsqueue.services import dlq
 from jsqueue.services.status import job_envelope, locate_job
@@ -25,7 +24,8 @@ def cut(value: Any, length: int = ARGS_SHOWN) -> str:
 async def job_view(monitor: Monitor, job_id: str) -> dict[str, Any]:
     """What the dashboard knows of ``job_id``; :class:`JsqueueError` if it is nowhere."""
     found = await locate_job(monitor.app, job_id)
-    view: dict[str, Any] = {"id": job_id, "label": shorten(job_id), "located": found}
+    label = job_id if len(job_id) <= 40 else f"{job_id[:40]}..."
+    view: dict[str, Any] = {"id": job_id, "label": label, "located": found}
     view["state"] = found.get("state", "PENDING")
     view["where"] = found.get("where", "?")
     view["task"] = found.get("task")
@@ -88,6 +88,7 @@ def timeline(
         (found.get("retry_at"), "retry due", ""),
         (found.get("finished"), str(found.get("state", "")).lower(), ""),
         ((found.get("dead_letter") or {}).get("time"), "dead-lettered", ""),
+        (found.get("revoked_at"), "revoked", ""),
     ]
     return sorted(
         ({"time": float(t), "kind": kind, "detail": detail} for t, kind, detail in marks if t),

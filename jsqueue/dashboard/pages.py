@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -27,7 +28,7 @@ templates.env.filters["when"] = lambda t: (
     datetime.fromtimestamp(float(t)).astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 )
 templates.env.filters["ago"] = lambda t: f"{max(0.0, time.time() - float(t)):.0f}s" if t else "-"
-templates.env.filters["tojs"] = dumps
+templates.env.filters["tojs"] = lambda value: Markup(dumps(value))  # <, >, & escaped
 
 
 def policy(request: Request) -> Policy:

@@ -218,6 +218,7 @@ async def locate_job(app: Deps, job_id: str) -> dict[str, Any]:
         found["where"] = "running"
         found["running_on"] = found.get("worker", "?")
         found["running_since"] = found.get("at")
+        found["running_in"] = "?"  # the registry record says where; this one does not
     delayed = await _delayed(broker, app, job_id)
     if delayed is not None:
         found.setdefault("where", "delayed")
@@ -300,7 +301,10 @@ async def revoke_job(app: Deps, job_id: str, *, terminate: bool = False) -> str:
             f"job {job_id} revoked; it runs in a thread of {worker}, which cannot be stopped: it "
             "runs to its end, and its outcome will not be recorded"
         )
-    how = "its pool child is killed" if where == "process" else "its coroutine is cancelled"
+    how = {
+        "process": "its pool child is killed",
+        "async": "its coroutine is cancelled",
+    }.get(where, "where its pool allows")
     return f"job {job_id} revoked and terminated: {worker} stops it now ({how})"
 
 

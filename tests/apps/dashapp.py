@@ -18,7 +18,7 @@ app = App(
 )
 
 
-@app.task
+@app.task(track_started=True)
 async def nap(seconds: float) -> float:
     """Sleep, then return how long."""
     await asyncio.sleep(seconds)
@@ -26,7 +26,7 @@ async def nap(seconds: float) -> float:
 
 
 @app.task(retry=RetryPolicy(stop=stop_after_attempt(1), wait=wait_fixed(0.1)))
-async def picky(marks: str) -> str:
+def picky(marks: str) -> str:
     """Fail with markup in the message (dead-lettered at once) until ``marks/ok`` exists."""
     if not Path(marks, "ok").exists():
         raise ValueError("<script>window.pwned = true</script> not yet")
