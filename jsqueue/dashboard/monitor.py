@@ -65,8 +65,8 @@ class Monitor:
         self.events: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.events_seen = False
         self.replays: dict[str, Replay] = {}
-        self._counts: dict[str, tuple[int, ...]] = {}
-        self._last: float | None = None
+        self._counts: dict[str, tuple[float, tuple[int, ...]]] = {}
+        self._rates: dict[str, tuple[float, ...]] = {}
         self._server_at = 0.0
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -129,24 +129,33 @@ class Monitor:
         return self.snapshot
 
     def _sample(self, live: list[dict[str, Any]], now: float) -> None:
-        deltas = [0] * len(COUNTERS)
-        counts: dict[str, tuple[int, ...]] = {}
+        """One chart point: each worker's rate between its last two records (a worker writes
+        its record every 2 s: differencing samples of our own would saw-tooth), summed."""
+        counts: dict[str, tuple[float, tuple[int, ...]]] = {}
+        rates: dict[str, tuple[float, ...]] = {}
         for record in live:
-            current = tuple(int(record.get(name) or 0) for name in COUNTERS)
             worker_id = str(record.get("id"))
-            counts[worker_id] = current
+            seen = float(record.get("seen") or now)
+            current = tuple(int(record.get(name) or 0) for name in COUNTERS)
             before = self._counts.get(worker_id)
             if before is None:
                 fresh = float(record.get("started") or 0) >= self.started
-                before = (0,) * len(COUNTERS) if fresh else current
-            for i, (now_n, was_n) in enumerate(zip(current, before, strict=True)):
-                deltas[i] += max(0, now_n - was_n)
-        self._counts = counts
-        if self._last is not None and now > self._last:
-            span = now - self._last
-            point = {"t": now, **{name: d / span for name, d in zip(COUNTERS, deltas, strict=True)}}
-            self.history.append(point)
-        self._last = now
+                start = float(record.get("started") or seen)
+                before = (start, (0,) * len(COUNTERS)) if fresh else (seen, current)
+            if seen > before[0]:
+                span = seen - before[0]
+                rates[worker_id] = tuple(
+                    max(0, n - was) / span for n, was in zip(current, before[1], strict=True)
+                )
+                counts[worker_id] = (seen, current)
+            else:  # the same record as last time: its rate holds
+                rates[worker_id] = self._rates.get(worker_id, (0.0,) * len(COUNTERS))
+                counts[worker_id] = before
+        self._counts, self._rates = counts, rates
+        point = {"t": now}
+        for i, name in enumerate(COUNTERS):
+            point[name] = sum(r[i] for r in rates.values())
+        self.history.append(point)
 
     def _wake(self) -> None:
         self._changed.set()

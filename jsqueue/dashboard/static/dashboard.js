@@ -110,9 +110,10 @@ const jsq = (() => {
   function renderChart(rates) {
     const svg = document.getElementById("rates");
     svg.replaceChildren();
-    const points = rates.filter((p) => p.t >= (rates.length ? rates[rates.length - 1].t : 0) - WINDOW);
+    const end = rates.length ? rates[rates.length - 1].t : 0;
+    const points = rates.filter((p) => p.t >= end - WINDOW);
+    const span = Math.max(60, points.length ? end - points[0].t : 0);
     const top = Math.max(1, ...points.flatMap((p) => SERIES.map((s) => p[s])));
-    const end = points.length ? points[points.length - 1].t : 0;
     for (const frac of [0.5, 1]) {
       const y = 160 - frac * 150;
       const grid = document.createElementNS(SVG, "line");
@@ -127,7 +128,7 @@ const jsq = (() => {
       const line = document.createElementNS(SVG, "polyline");
       line.setAttribute("class", `line ${series}`);
       line.setAttribute("points", points.map((p) =>
-        `${(600 - ((end - p.t) / WINDOW) * 600).toFixed(1)},${(160 - (p[series] / top) * 150).toFixed(1)}`).join(" "));
+        `${(600 - ((end - p.t) / span) * 600).toFixed(1)},${(160 - (p[series] / top) * 150).toFixed(1)}`).join(" "));
       svg.appendChild(line);
     }
     const last = rates[rates.length - 1] || {};
