@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jsqueue.cli.common import app_from, app_options, cli, setup_logging
+from jsqueue.cli.common import app_from, app_options, cli, run, setup_logging
 from jsqueue.errors import JsqueueError
 
 MISSING = 'the dashboard needs its extra: pip install "jsqueue[dashboard]"'
@@ -60,5 +60,4 @@ def dashboard(
     except JsqueueError as exc:
         raise click.ClickException(str(exc)) from None
     app = app_from(app_spec, url)
-    click.echo(f"jsqueue dashboard on http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    serve(app, policy, port=port, monitor_url=monitor_url, log_level=log_level)
+    run(serve(app, policy, port=port, monitor_url=monitor_url, log_level=log_level))

@@ -20,15 +20,18 @@ def create_app(
     *,
     monitor_url: str | None = None,
     every: float = 1.0,
+    connect: bool = True,
 ) -> Starlette:
-    """The dashboard of ``app`` as an ASGI app; it connects on startup and samples the system
-    every ``every`` seconds while it runs."""
+    """The dashboard of ``app`` as an ASGI app; it samples the system every ``every`` seconds
+    while it runs, connecting on startup (unless ``connect`` is False: the caller has)."""
     rules = policy or Policy()
     watcher = Monitor(app, monitor_url=monitor_url, every=every)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with app:
+        async with contextlib.AsyncExitStack() as stack:
+            if connect:
+                await stack.enter_async_context(app)
             await watcher.start()
             try:
                 yield
@@ -45,7 +48,7 @@ def create_app(
     return web
 
 
-def serve(
+async def serve(
     app: App,
     policy: Policy,
     *,
@@ -53,17 +56,20 @@ def serve(
     monitor_url: str | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve the dashboard until interrupted; refuses a non-loopback bind without auth."""
+    """Serve the dashboard until interrupted. Refuses a non-loopback bind without auth, and
+    connects before it listens, so an unreachable server is one :class:`JsqueueError`."""
     import uvicorn
 
     policy.check_bind()
-    web = create_app(app, policy, monitor_url=monitor_url)
-    config = uvicorn.Config(
-        web,
-        host=policy.host,
-        port=port,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=2,
-        access_log=False,
-    )
-    uvicorn.Server(config).run()
+    async with app:
+        await app.broker()
+        web = create_app(app, policy, monitor_url=monitor_url, connect=False)
+        config = uvicorn.Config(
+            web,
+            host=policy.host,
+            port=port,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=2,
+            access_log=False,
+        )
+        await uvicorn.Server(config).serve()

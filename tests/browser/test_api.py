@@ -3,9 +3,12 @@ the stream sends snapshots, and the README documents every route."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -14,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jsqueue import App
+from jsqueue import App, JobState
 from jsqueue.dashboard.api import ROUTES
+from jsqueue.testing import Process, wait_state
 
 from .support import ROOT
 
@@ -72,6 +76,37 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(
         assert '{"confirm": "all"}' in purge_all.json()["error"]
         done = await post("/api/queues/default/purge", json={"confirm": "default"})
         assert done.json() == {"queue": "default", "removed": 1}
+
+
+async def test_a_jobs_timeline_comes_from_events_when_workers_publish_them(
+    dashapp: App, dashboard: Callable[..., Any], tmp_path: Path
+) -> None:
+    from tests.apps.dashapp import nap
+
+    board = await dashboard()
+    with Process.jsqueue(
+        "worker",
+        *("-A", "tests.apps.dashapp:app", "--url", str(dashapp.settings.url), "--events"),
+        env={"JSQ_TEST_PREFIX": dashapp.settings.prefix},
+        cwd=ROOT,
+        log_dir=tmp_path,
+        name="worker",
+    ):
+        job = await nap.delay(0.01)
+        await wait_state(job, JobState.SUCCESS, timeout=30)
+        async with httpx.AsyncClient(base_url=board.url, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while True:  # the succeeded event may land just after the record
+                view = (await client.get(f"/api/jobs/{job.id}")).json()
+                kinds = [mark["kind"] for mark in view["timeline"]]
+                if "succeeded" in kinds or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+    assert kinds[0] == "started"
+    assert "succeeded" in kinds
+    assert view["state"] == "SUCCESS"
+    assert view["result"] == "0.01"
+    assert any("took" in mark["detail"] for mark in view["timeline"])
 
 
 async def test_odd_job_ids_never_break_the_job_page_or_api(

@@ -90,6 +90,17 @@ async def test_overview_shows_depth_rise_and_fall_and_pause_holds_the_queue(
     await expect(worker_row).to_have_count(0, timeout=15_000)
     await expect(workers_page.locator("#workers")).to_contain_text("no live workers")
 
+    for _ in range(5):
+        await nap.delay(0.01)
+    await expect(row.locator(".ready")).to_have_text("5", timeout=15_000)
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.dismiss()))
+    await row.locator("button.purge").click()
+    assert [q["ready"] for q in await api(board.url, "/api/queues")] == [5]  # not confirmed
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await row.locator("button.purge").click()
+    await expect(page.locator("#flash")).to_have_text("removed 5 job(s) from queue default")
+    await expect(row.locator(".ready")).to_have_text("0", timeout=10_000)
+
 
 async def test_revoke_and_terminate_from_a_running_jobs_page(
     dashapp: App, worker: Process, dashboard: Callable[..., Any], browser: Any

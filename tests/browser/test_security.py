@@ -7,14 +7,16 @@ import base64
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from jsqueue import App
+from jsqueue.wire.server import NatsServer
 
-from .support import ROOT
+from .support import ROOT, start_dashboard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -132,3 +134,34 @@ def test_serving_beyond_loopback_without_auth_is_refused() -> None:
     )
     assert short.returncode != 0
     assert "--token must be at least 8 characters" in short.stderr
+    nowhere = subprocess.run(
+        [*DASHBOARD, "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert nowhere.returncode == 1
+    assert nowhere.stderr.strip().splitlines() == [
+        "Error: cannot reach NATS at nats://127.0.0.1:1 ([Errno 111] Connect call failed "
+        "('127.0.0.1', 1)); is the server running? (`jsqueue server` starts one)"
+    ]
+
+
+async def test_the_nats_password_is_never_shown(tmp_path: Path, jsq_prefix: str) -> None:
+    with NatsServer(
+        store_dir=tmp_path / "store", extra_args=["--user", "a", "--pass", "pw5ecret"]
+    ) as server:
+        app = App("secret", url=f"nats://a:pw5ecret@127.0.0.1:{server.port}", prefix=jsq_prefix)
+        board = await start_dashboard(app, tmp_path)
+        try:
+            async with httpx.AsyncClient(base_url=board.url, timeout=10) as client:
+                overview = await client.get("/api/overview")
+                page = await client.get("/")
+                async with client.stream("GET", "/api/stream") as stream:
+                    first = ""
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data: "):
+                            first = line
+                            break
+        finally:
+            board.process.kill()
+    assert f"127.0.0.1:{server.port}" in overview.json()["server"]["url"]
+    for text in (overview.text, page.text, first, board.output()):
+        assert "pw5ecret" not in text
