@@ -71,6 +71,7 @@ class Monitor:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
+        self._replaying: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         broker = await self.app.broker()
@@ -95,8 +96,11 @@ class Monitor:
             await asyncio.sleep(self.every)
             try:
                 await self.refresh()
-            except (JsqueueError, OSError) as exc:
-                log.warning("cannot read the system: %s", exc)
+            except Exception as exc:  # the server away, or a bug: say so, keep sampling
+                if isinstance(exc, JsqueueError | OSError):
+                    log.warning("cannot read the system: %s", exc)
+                else:
+                    log.exception("sampling the system failed")
                 self.snapshot = {**self.snapshot, "error": str(exc), "at": time.time()}
                 self._wake()
 
@@ -205,5 +209,7 @@ class Monitor:
             replay.finished = True
 
         task = asyncio.create_task(run(), name=f"jsqueue-dashboard-replay-{replay.id}")
+        self._replaying.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._replaying.discard)
         task.add_done_callback(lambda _: self._wake())
         return replay

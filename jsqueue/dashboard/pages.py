@@ -23,6 +23,8 @@ from jsqueue.errors import JsqueueError
 from jsqueue.services import dlq
 
 HERE = Path(__file__).parent
+#: dead letters listed on the page (the newest; the API lists all)
+LETTERS_SHOWN = 500
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["when"] = lambda t: (
     datetime.fromtimestamp(float(t)).astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
@@ -76,7 +78,8 @@ async def letters(request: Request) -> Response:
     broker = await monitor(request).app.broker()
     found = await dlq.list_letters(broker, queue=queue)
     counts = await dlq.count(broker)
-    return page(request, "dlq.html", letters=found, counts=counts, queue=queue)
+    shown = found[-LETTERS_SHOWN:][::-1]  # the newest first
+    return page(request, "dlq.html", letters=shown, total=len(found), counts=counts, queue=queue)
 
 
 async def letter(request: Request) -> Response:
