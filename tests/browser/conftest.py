@@ -92,6 +92,14 @@ async def dashboard(dashapp: App, tmp_path: Path) -> AsyncIterator[Callable[...,
 
 
 @pytest.fixture
+def expect() -> Any:
+    """Playwright's ``expect``, patient enough for a loaded 2-core machine."""
+    found = pytest.importorskip("playwright.async_api", reason="needs playwright").expect
+    found.set_options(timeout=15_000)
+    return found
+
+
+@pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """Headless Debian chromium under Playwright."""
     playwright_api = pytest.importorskip("playwright.async_api", reason="needs playwright")

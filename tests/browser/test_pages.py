@@ -18,14 +18,6 @@ from jsqueue.testing import Process, wait_state, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-expect: Any = None
-
-
-@pytest.fixture(autouse=True)
-def _expect() -> None:
-    global expect
-    expect = pytest.importorskip("playwright.async_api").expect
-
 
 async def api(url: str, path: str) -> Any:
     async with httpx.AsyncClient() as client:
@@ -43,7 +35,7 @@ async def wait_letters(url: str, count: int) -> None:
 
 
 async def test_overview_shows_depth_rise_and_fall_and_pause_holds_the_queue(
-    dashapp: App, worker: Process, dashboard: Callable[..., Any], browser: Any
+    dashapp: App, worker: Process, dashboard: Callable[..., Any], browser: Any, expect: Any
 ) -> None:
     from tests.apps.dashapp import nap
 
@@ -103,7 +95,7 @@ async def test_overview_shows_depth_rise_and_fall_and_pause_holds_the_queue(
 
 
 async def test_revoke_and_terminate_from_a_running_jobs_page(
-    dashapp: App, worker: Process, dashboard: Callable[..., Any], browser: Any
+    dashapp: App, worker: Process, dashboard: Callable[..., Any], browser: Any, expect: Any
 ) -> None:
     from tests.apps.dashapp import nap
 
@@ -135,7 +127,12 @@ async def test_revoke_and_terminate_from_a_running_jobs_page(
 
 
 async def test_dead_letters_show_markup_as_text_replay_with_progress_and_purge(
-    dashapp: App, worker: Process, dashboard: Callable[..., Any], browser: Any, marks: Path
+    dashapp: App,
+    worker: Process,
+    dashboard: Callable[..., Any],
+    browser: Any,
+    marks: Path,
+    expect: Any,
 ) -> None:
     from tests.apps.dashapp import picky
 

@@ -29,10 +29,8 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 async def test_basic_auth_wrong_password_gets_401_and_actions_need_the_pages_csrf_token(
-    dashapp: App, dashboard: Callable[..., Any], browser: Any
+    dashapp: App, dashboard: Callable[..., Any], browser: Any, expect: Any
 ) -> None:
-    from playwright.async_api import expect
-
     board = await dashboard("--auth", "admin:s3cret")
     wrong = await browser.new_context(http_credentials={"username": "admin", "password": "nope"})
     response = await (await wrong.new_page()).goto(board.url + "/")
@@ -64,10 +62,8 @@ async def test_basic_auth_wrong_password_gets_401_and_actions_need_the_pages_csr
 
 
 async def test_read_only_token_mode_logs_in_by_form_shows_no_actions_and_refuses_a_forged_post(
-    dashapp: App, dashboard: Callable[..., Any], browser: Any
+    dashapp: App, dashboard: Callable[..., Any], browser: Any, expect: Any
 ) -> None:
-    from playwright.async_api import expect
-
     from tests.apps.dashapp import nap
 
     await nap.delay(1)  # a queue to show
