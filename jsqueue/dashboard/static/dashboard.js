@@ -205,14 +205,40 @@ const jsq = (() => {
     });
   }
 
+  const FINAL = ["SUCCESS", "FAILURE", "DEAD", "EXPIRED", "REVOKED"];
+
+  function watchJob() {
+    // the state and place of the job, refreshed every 2 s without reloading the page
+    const state = document.getElementById("job-state");
+    if (!state) return;
+    const id = document.getElementById("job-id").textContent;
+    let shown = `${state.dataset.state} ${state.dataset.where}`;
+    const timer = setInterval(async () => {
+      const response = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const job = await response.json();
+      const now = `${job.state} ${job.where}`;
+      if (now === shown) return;
+      shown = now;
+      state.textContent = job.state;
+      state.className = `state ${job.state.toLowerCase()}`;
+      setText("job-where", job.where === "running" ? `running on ${job.worker}` : job.where);
+      if (FINAL.includes(job.state) && job.where !== "running") {
+        for (const button of document.querySelectorAll("#revoke, #terminate")) button.remove();
+        clearInterval(timer);
+      }
+    }, 2000);
+  }
+
   function jobPage() {
+    watchJob();
     for (const id of ["revoke", "terminate"]) {
       const button = document.getElementById(id);
       if (!button) continue;
       button.onclick = async () => {
         const terminate = button.dataset.terminate === "yes";
         const { ok, data } = await post(`/api/jobs/${encodeURIComponent(button.dataset.job)}/revoke`, { terminate });
-        if (ok) { flash(data.message); setTimeout(() => window.location.reload(), 800); }
+        if (ok) flash(data.message);
       };
     }
   }
