@@ -5,10 +5,10 @@ Errors are one line on stderr and a non-zero exit. This package is the only code
 click.
 """
 
-from jsqueue.cli import deadletters, operate, processes, queues
+from jsqueue.cli import dashboard, deadletters, operate, processes, queues
 from jsqueue.cli.common import cli
 
-__all__ = ["cli", "deadletters", "main", "operate", "processes", "queues"]
+__all__ = ["cli", "dashboard", "deadletters", "main", "operate", "processes", "queues"]
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jsqueue.config import JOB_ID_RULE, PRIORITY_NORMAL, is_job_id, shorten
-from jsqueue.envelope import decode, peek
+from jsqueue.envelope import Envelope, decode, peek
 from jsqueue.errors import DecodeError, JsqueueError
 from jsqueue.services import dlq
 from jsqueue.services.deps import Deps
@@ -218,6 +218,7 @@ async def locate_job(app: Deps, job_id: str) -> dict[str, Any]:
         found["where"] = "running"
         found["running_on"] = found.get("worker", "?")
         found["running_since"] = found.get("at")
+        found["running_in"] = "?"  # the registry record says where; this one does not
     delayed = await _delayed(broker, app, job_id)
     if delayed is not None:
         found.setdefault("where", "delayed")
@@ -300,5 +301,43 @@ async def revoke_job(app: Deps, job_id: str, *, terminate: bool = False) -> str:
             f"job {job_id} revoked; it runs in a thread of {worker}, which cannot be stopped: it "
             "runs to its end, and its outcome will not be recorded"
         )
-    how = "its pool child is killed" if where == "process" else "its coroutine is cancelled"
+    how = {
+        "process": "its pool child is killed",
+        "async": "its coroutine is cancelled",
+    }.get(where, "where its pool allows")
     return f"job {job_id} revoked and terminated: {worker} stops it now ({how})"
+
+
+async def job_envelope(app: Deps, job_id: str) -> Envelope | None:
+    """The job as sent (its task, arguments, eta), where the system still holds it: dead-lettered,
+    delayed, waiting out a long retry, or ready; None once it has run (or for an unknown id)."""
+    broker = await app.broker()
+    s = app.settings
+    letter = await dlq.find(broker, job_id)
+    if letter is not None:
+        try:
+            return letter.envelope(s.secret_key)
+        except DecodeError:
+            return None
+    if not is_job_id(job_id):
+        return None
+    for subject in (s.schedule_subject("*", job_id), s.retry_subject("*", job_id)):
+        message = await broker.streams.get(s.jobs_stream, 1, subject=subject, next_=True)
+        if message is not None:
+            return _decoded(message.data, s.secret_key)
+    seq = 1
+    for _ in range(READY_SCAN_LIMIT):
+        message = await broker.streams.get(s.jobs_stream, seq, subject=s.queue_subjects, next_=True)
+        if message is None:
+            return None
+        if peek(message.data)[0] == job_id:
+            return _decoded(message.data, s.secret_key)
+        seq = message.seq + 1
+    return None
+
+
+def _decoded(data: bytes, secret_key: bytes | None) -> Envelope | None:
+    try:
+        return decode(data, secret_key)
+    except DecodeError:
+        return None

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from jsqueue.config import LEVELS, Settings
 from jsqueue.hooks import Hooks, queue_stats
+from jsqueue.pools.child import rss_mb
 from jsqueue.pools.thread import ThreadPool
 from jsqueue.services.registry import REGISTRY_EVERY, WorkerRegistry, versions
 from jsqueue.wire import Broker, Delivery
@@ -156,6 +157,7 @@ def record(worker: WorkerView) -> dict[str, Any]:
         "retried": stats.retried,
         "dead_lettered": stats.dead_lettered,
         "started": worker.started_at,
+        "rss_mb": rss_mb(),
         "versions": versions(),
         "seen": time.time(),
     }
