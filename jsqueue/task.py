@@ -208,6 +208,11 @@ class Task(Generic[P, R]):
         sent with its id and error (``type``, ``message``, ``traceback``) if it fails for good.
         """
         if link is not None or link_error is not None:
+            if unique_key is not None or self.options.unique_for is not None:
+                raise ConfigError(
+                    f"task {self.name}: a unique job cannot take link= or link_error= (its "
+                    "handle may be another sender's job); chain the steps in the task instead"
+                )
             self.check_arguments(tuple(args), kwargs or {})
             options: dict[str, Any] = {"queue": queue, "job_id": job_id, "countdown": countdown}
             options.update(eta=eta)

@@ -18,6 +18,7 @@ for beat.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -75,11 +76,12 @@ async def reserve_starts(store: KvStore, task: str, rate: Rate, count: int = 1) 
 
 
 async def hold_slots(
-    store: KvStore, task: str, cap: int, worker: str, want: int, stale: float
+    store: KvStore, task: str, cap: int, worker: str, want: int, stale: float, renew: bool = False
 ) -> int:
     """Make ``worker`` hold ``want`` of ``task``'s ``cap`` slots, or as many as are free if
     fewer; giving slots back always succeeds. Returns how many it holds now (and its entry's
-    time is renewed, so the slots do not go stale)."""
+    time is renewed when it writes, and always with ``renew``, so the slots do not go
+    stale)."""
     key = f"conc.{task}"
     while True:
         entry = await store.get(key)
@@ -88,6 +90,8 @@ async def hold_slots(
         mine = slots_of(holders.pop(worker, None))
         others = sum(slots_of(held) for held in holders.values())
         held = want if want <= mine else max(mine, min(want, cap - others))
+        if held == mine and not renew and entry is not None:
+            return held  # nothing free and nothing to give back: no write (the key is hot)
         if held > 0:
             holders[worker] = {"n": held, "at": now}
         try:
@@ -140,8 +144,12 @@ async def lock_unique(
             continue
         at = held.get("at")
         claimed = float(at) if isinstance(at, int | float) else 0.0
-        if time.time() - claimed > CLAIM_REPAIR and await store.get(f"sent.{holder}") is None:
-            return holder, True
+        # a claim not yet marked sent: its sender is sending now, or died; wait for the mark
+        # until the claim is CLAIM_REPAIR old, then send under the claimed id
+        while await store.get(f"sent.{holder}") is None:
+            if time.time() - claimed > CLAIM_REPAIR:
+                return holder, True
+            await asyncio.sleep(0.05)
         return holder, False
 
 
@@ -178,6 +186,12 @@ async def send_unique(app: Deps, broker: Broker, env: Envelope, ttl: float) -> s
 
     holder, sending = await lock_unique(store, env.unique_key, env.id, ttl, is_final)
     if sending:
-        await send(broker, env if holder == env.id else replace(env, id=holder))
+        try:
+            await send(broker, env if holder == env.id else replace(env, id=holder))
+        except BaseException:
+            if holder == env.id:  # our claim, and no job behind it: let the next one send
+                with contextlib.suppress(Exception):
+                    await unlock_unique(store, env.unique_key, holder)
+            raise
         await mark_sent(store, holder, ttl)
     return holder

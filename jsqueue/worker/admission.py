@@ -170,9 +170,15 @@ class Admission:
                 log.warning("slots not given back at stop (%s): free after ack_wait", exc)
 
     async def refresh(self) -> None:
-        """Tell the cluster that the slots held here are still in use (every ack_wait/3)."""
+        """Tell the cluster that the slots held here are still in use (every ack_wait/3), and
+        forget waits of jobs that left this worker without starting."""
         for slots in list(self.slots.values()):
             await slots.renew()
+        now = time.time()
+        for job_id in [j for j, start in self._starts.items() if start < now - 600]:
+            self._starts.pop(job_id, None)
+        for job_id in [j for j, (first, _) in self._slot_waits.items() if first < now - 600]:
+            self._slot_waits.pop(job_id, None)
 
 
 def _header_float(delivery: Delivery, name: str) -> float | None:
@@ -188,4 +194,4 @@ def _header_float(delivery: Delivery, name: str) -> float | None:
 def _waits(delivery: Delivery) -> int:
     """How many times the job was handed back to wait (what ``Jsq-Waits`` says, bounded)."""
     text = delivery.headers.get(WAITS_HEADER, "0")
-    return min(int(text), 64) if text.isdigit() and len(text) < 4 else 0
+    return min(int(text), 64) if text.isascii() and text.isdigit() and len(text) < 4 else 0

@@ -310,14 +310,27 @@ class Dispatch:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=10)
+        # jobs that never started here are handed back, not nak'ed: a wait is no attempt
         for delivery in self._unpark_all():
-            await self.give_back(delivery)
+            await self._give_back_unstarted(delivery)
             self.lanes[(delivery.queue, delivery.priority)].puller.held -= 1
         for lane in self.lanes.values():
             while lane.waiting:
                 delivery = lane.waiting.popleft()
-                await self.give_back(delivery)
+                await self._give_back_unstarted(delivery)
                 lane.puller.held -= 1
+
+    async def _give_back_unstarted(self, delivery: Delivery) -> None:
+        """Hand a delivery that never started back to the end of its queue, its attempts
+        carried (a ``nak`` if that fails: it runs again at once elsewhere, one delivery on)."""
+        if self._hand_back is not None and not delivery.settled:
+            try:
+                await self._hand_back(delivery)
+                self.active.pop(delivery, None)
+                return
+            except Exception as exc:
+                log.debug("hand-back at shutdown failed (%r): giving it back with a nak", exc)
+        await self.give_back(delivery)
 
     def clear(self) -> None:
         """Forget every waiting delivery (their connection is gone: they come back)."""

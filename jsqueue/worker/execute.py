@@ -16,6 +16,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jsqueue import progress
@@ -252,3 +253,15 @@ class TaskExecutor:
         if last.error is None and value is last.value:
             return last
         return replace(last, value=value, error=None, traceback="")
+
+
+def culprit(frame: FrameType) -> str | None:
+    """The job whose code runs in ``frame`` on the loop (for the loop watch)."""
+    execute = TaskExecutor._on_loop.__code__
+    current: FrameType | None = frame
+    while current is not None:
+        if current.f_code is execute:
+            label = getattr(current.f_locals.get("job"), "label", None)
+            return label if isinstance(label, str) else None
+        current = current.f_back
+    return None

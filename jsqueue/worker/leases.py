@@ -121,9 +121,9 @@ class Slots:
         if self.granted > 0 or self._spare:
             async with self._lock:
                 self._spare = 0
-                self.granted = await self._hold(self.granted)
+                self.granted = await self._hold(self.granted, renew=True)
 
-    async def _hold(self, want: int) -> int:
+    async def _hold(self, want: int, renew: bool = False) -> int:
         return await limits.hold_slots(
-            self._store, self._task, self._cap, self._worker, want, self._stale
+            self._store, self._task, self._cap, self._worker, want, self._stale, renew
         )

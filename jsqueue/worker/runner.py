@@ -15,7 +15,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 
 from jsqueue import outcome
 from jsqueue.app import App
@@ -44,7 +43,7 @@ from jsqueue.services.results import (
     state_record,
     success_record,
 )
-from jsqueue.wire import Broker, Delivery
+from jsqueue.wire import ATTEMPT_HEADER, Broker, Delivery
 from jsqueue.worker import intake
 from jsqueue.worker.admission import Admission, Wait
 from jsqueue.worker.execute import TaskExecutor
@@ -171,7 +170,8 @@ class JobRunner:
         if running_here is not None:  # a redelivery of a job this worker runs now
             await running_here.wait()
         recorded = None
-        if attempt > 1 or running_here is not None:
+        # a copy sent again (Jsq-Attempt) may follow an original whose ack was lost after it ran
+        if attempt > 1 or running_here is not None or ATTEMPT_HEADER in delivery.headers:
             recorded = await self._recorded(env.id)
             if recorded is not None and recorded.state.is_final:
                 job.why = f"already {recorded.state} (delivery {attempt})"
@@ -355,18 +355,6 @@ class JobRunner:
             worker=self.id,
             **times(job.started),
         )
-        return None
-
-    @staticmethod
-    def culprit(frame: FrameType) -> str | None:
-        """The job whose code runs in ``frame`` (for the loop watch)."""
-        execute = TaskExecutor._on_loop.__code__
-        current: FrameType | None = frame
-        while current is not None:
-            if current.f_code is execute:
-                job = current.f_locals.get("job")
-                return job.label if isinstance(job, Job) else None
-            current = current.f_back
         return None
 
     async def _record_started(self, job: Job) -> None:

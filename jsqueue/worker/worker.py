@@ -26,13 +26,13 @@ from jsqueue.pools import ProcessPool
 from jsqueue.pools.thread import ThreadPool
 from jsqueue.services import republish
 from jsqueue.services.events import EventPublisher
-from jsqueue.services.queues import PAUSED_UNTIL, PausedQueues
+from jsqueue.services.queues import PAUSED_UNTIL, PausedQueues, consumers_of
 from jsqueue.services.registry import REGISTRY_TTL, WorkerRegistry
 from jsqueue.services.results import RevokedSet
 from jsqueue.wire import Broker, Delivery
 from jsqueue.worker import upkeep
 from jsqueue.worker.dispatch import Dispatch
-from jsqueue.worker.execute import Pool, TaskExecutor
+from jsqueue.worker.execute import Pool, TaskExecutor, culprit
 from jsqueue.worker.loopwatch import LoopWatch
 from jsqueue.worker.options import WorkerOptions
 from jsqueue.worker.progress import ProgressWriter
@@ -133,7 +133,7 @@ class Worker:
         replaced by a new one: the worker never stays alive and idle. If no new connection
         comes within ``reconnect_timeout`` seconds, :class:`ConnectError` ends the run.
         """
-        watch = LoopWatch(self.options.block_warning, JobRunner.culprit)
+        watch = LoopWatch(self.options.block_warning, culprit)
         watch.start()
         self.pool = self._make_pool()
         mw = self.app.middleware
@@ -331,6 +331,10 @@ class Worker:
         if queue in self.queues:
             log.warning("queue %s %s: %s", queue, "paused" if paused else "resumed", self.id)
             self.dispatch.set_paused(queue, paused)
+            if not paused and self.broker is not None:
+                # a worker that started while the queue was resumed may have paused its
+                # consumers again after the resume did: resume them (idempotent)
+                await self.broker.pause_consumers(consumers_of(self.broker, queue), None)
 
     async def _hand_back(self, delivery: Delivery) -> None:
         assert self.broker is not None

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from jsqueue import App, current_job
+from jsqueue import App, Retry, current_job
 
 app = App(
     "limitapp",
@@ -60,3 +60,11 @@ def unique(marks: str, seconds: float) -> str:
 @app.task(unique_for=1)
 async def briefly_unique(marks: str) -> None:
     mark(marks, "briefly")
+
+
+@app.task(unique_for=60)
+async def retrying(marks: str) -> None:
+    """Fails its first attempt, to be tried again in an hour (on a server schedule)."""
+    mark(marks, "retrying")
+    if current_job().attempt == 1:
+        raise Retry(delay=3600)

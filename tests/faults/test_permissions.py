@@ -15,9 +15,33 @@ from jsqueue.wire.server import NatsServer
 pytestmark = pytest.mark.slow
 
 
-def producer_permissions(prefix: str, results: bool) -> str:
-    """The producer role as the README gives it (enqueue; optionally read results)."""
+def producer_permissions(
+    prefix: str, results: bool, objects: bool = False, unique: bool = False
+) -> str:
+    """The producer role as the README gives it (enqueue; optionally read results, send and
+    read values over max_payload, send unique jobs)."""
     publish = [f"{prefix}.q.>", f"{prefix}.sched.>", "$JS.API.INFO"]
+    if objects:
+        store = f"OBJ_{prefix}_objects"
+        publish += [
+            f"$O.{prefix}_objects.>",
+            "$JS.API.STREAM.NAMES",
+            f"$JS.API.STREAM.INFO.{store}",
+            f"$JS.API.STREAM.MSG.GET.{store}",
+            f"$JS.API.DIRECT.GET.{store}.>",
+            f"$JS.API.STREAM.PURGE.{store}",
+            f"$JS.API.CONSUMER.CREATE.{store}",
+            f"$JS.API.CONSUMER.CREATE.{store}.>",
+            f"$JS.API.CONSUMER.DELETE.{store}.>",
+        ]
+    if unique:
+        bucket = f"KV_{prefix}_limits"
+        publish += [
+            f"$KV.{prefix}_limits.>",
+            f"$JS.API.STREAM.INFO.{bucket}",
+            f"$JS.API.DIRECT.GET.{bucket}.>",
+            f"$JS.API.STREAM.MSG.GET.{bucket}",
+        ]
     if results:
         bucket = f"KV_{prefix}_results"
         publish += [
@@ -70,6 +94,8 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
             {{ user: reader, password: reader, {producer_permissions(jsq_prefix, True)} }}
             {{ user: worker, password: worker, {worker_permissions(jsq_prefix)} }}
             {{ user: narrow, password: narrow, {narrow} }}
+            {{ user: big, password: big, {producer_permissions(jsq_prefix, True, objects=True)} }}
+            {{ user: uniq, password: uniq, {producer_permissions(jsq_prefix, True, unique=True)} }}
           ]
         }}
         """
@@ -89,7 +115,10 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
         )
         reader = App("r", url=f"nats://reader:reader@{host}", prefix=jsq_prefix, provision=False)
         limited = App("n", url=f"nats://narrow:narrow@{host}", prefix=jsq_prefix, provision=False)
-        for app in (admin, producer, reader, worker, limited):
+        big = App("b", url=f"nats://big:big@{host}", prefix=jsq_prefix, provision=False)
+        uniq = App("u", url=f"nats://uniq:uniq@{host}", prefix=jsq_prefix, provision=False)
+        apps = (admin, producer, reader, worker, limited, big, uniq)
+        for app in apps:
 
             @app.task(name="add")
             async def add(x: int, y: int) -> int:
@@ -99,9 +128,19 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
             async def boom() -> None:
                 raise ValueError("no retries: dead-lettered")
 
+            @app.task(name="double")
+            async def double(blob: str) -> str:
+                return blob * 2
+
+            @app.task(name="once", unique_for=60)
+            async def once(n: int) -> int:
+                return n
+
         try:
             async with worker:
                 await worker.result_backend()  # provisioned once, by the worker role
+                await (await worker.broker()).objects()
+                await (await worker.broker()).kv("limits")
             async with producer:
                 sent = await producer.tasks["add"].delay(2, 3)
                 later = await producer.tasks["add"].apply_async(args=(1, 1), countdown=3600)
@@ -133,7 +172,19 @@ async def test_12_a_producer_with_minimal_permissions(tmp_path: Path, jsq_prefix
                 assert await reader.tasks["add"].delay(4, 4) is not None
                 assert await reader.tasks["add"].delay(5, 5) is not None
                 assert await AsyncResult(reader, sent.id).get(timeout=5) == 5
+            async with big:  # arguments and a result over max_payload: the object store
+                blob = "z" * (2 * 2**20)
+                doubled = await big.tasks["double"].delay(blob)
+            async with uniq:
+                first = await uniq.tasks["once"].delay(7)
+                assert (await uniq.tasks["once"].delay(7)).id == first.id
+            async with worker:
+                await burst(worker)
+            async with big:
+                assert await AsyncResult(big, doubled.id).get(timeout=10) == blob * 2
+            async with uniq:
+                assert await AsyncResult(uniq, first.id).get(timeout=5) == 7
         finally:
-            for app in (admin, producer, reader, worker, limited):
+            for app in apps:
                 await app.close()
                 app.close_sync()

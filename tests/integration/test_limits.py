@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from jsqueue import App, JobState
+from jsqueue.errors import ConfigError
 from jsqueue.services import limits
-from jsqueue.testing import Process, destroy, wait_until
+from jsqueue.testing import Process, destroy, wait_state, wait_until
 from jsqueue.wire.server import NatsServer
 
 from .support import ROOT
@@ -231,7 +232,7 @@ async def test_unique_jobs_from_separate_processes_while_queued_and_while_runnin
     assert len(kinds(tmp_path, "unique")) == 3  # ids[0], other, again: each ran once
 
 
-async def test_a_unique_key_runs_out_with_unique_for_and_a_lost_claim_is_repaired(
+async def test_a_unique_key_holds_while_delayed_or_retrying_runs_out_and_is_repaired(
     limitapp: App, tmp_path: Path
 ) -> None:
     briefly, unique = task(limitapp, "briefly_unique"), task(limitapp, "unique")
@@ -249,16 +250,26 @@ async def test_a_unique_key_runs_out_with_unique_for_and_a_lost_claim_is_repaire
         await store.create(f"uniq.{key}", json.dumps(stale).encode(), ttl=60)
         job = await unique.apply_async((m, 0.0), unique_key=key)
         assert job.id == "claimed-then-lost"  # the next sender sends its job under the claim
+        # delayed: a job due in an hour holds its key
+        delayed = await unique.apply_async((m, 0.0), unique_key="delayed", countdown=3600)
+        assert (await unique.apply_async((m, 0.5), unique_key="delayed")).id == delayed.id
+        retrying = task(limitapp, "retrying")
+        first_try = await retrying.delay(m)
         with workers(limitapp, tmp_path, 1):
             assert await job.get(timeout=30) == "claimed-then-lost"
             assert await job.state() is JobState.SUCCESS
+            await wait_until(lambda: len(kinds(tmp_path, "retrying")) == 1, 30, "its first try")
+            # retrying (an hour away, on a server schedule): the same call is the same job
+            await wait_state(first_try, JobState.RETRY, 30)
+            assert (await retrying.delay(m)).id == first_try.id
+    # a unique job's handle may be another sender's job: callbacks on it are refused
+    with pytest.raises(ConfigError, match="cannot take link"):
+        await unique.apply_async((m, 0.0), link=briefly.s(m))
 
 
 async def test_bad_limits_are_refused_where_the_task_is_defined_or_the_job_sent(
     limitapp: App,
 ) -> None:
-    from jsqueue.errors import ConfigError
-
     for bad in ("100", "100/x", "0/s", "-1/s", "ten/s", "1e3/s", "5000/s", ""):
         with pytest.raises(ConfigError, match="rate"):
             limitapp.task(name=f"bad.rate.{bad}", rate_limit=bad)(lambda: None)

@@ -257,9 +257,9 @@ async def test_final_records_and_dead_letters_match_their_schemas(jsq_app: App) 
     assert (meta["reason"], meta["error_type"]) == ("malformed", "MalformedError")
     assert "field 'args'" in meta["error_message"]
     meta, _ = dead_letters[seq_id]  # no legal id: listed by its jobs-stream sequence
-    assert (meta["reason"], meta["given_id"]) == ("malformed", "'order:1'")
+    assert (meta["reason"], meta["given_id"]) == ("malformed", "order:1")
     assert seq_id == f"seq-{meta['jobs_seq']}"
-    assert dead_letters["order-2"][0]["given_id"] == "'order:2'"
+    assert dead_letters["order-2"][0]["given_id"] == "order:2"
 
 
 async def test_a_dead_letter_in_the_body_format(jsq_app: App) -> None:

@@ -20,6 +20,7 @@ from jsqueue.wire.server import NatsServer
 
 from .support import ROOT
 from .support import procapp_worker as worker
+from .test_protocol import ENVELOPE, RESULT, assert_valid
 
 pytestmark = pytest.mark.slow
 
@@ -145,8 +146,18 @@ async def test_results_and_arguments_over_max_payload_go_through_the_object_stor
             record, failed = await ten.info(), await over.info()
             objects = await (await app.broker()).objects()
             stored = await objects.get(f"args.{argued.id}")
+            small = await (await app.result_backend()).store.get(ten.id)  # names the object
     finally:
         await destroy(app)
+    # the object-store forms follow the written protocol too
+    assert small is not None
+    assert_valid(RESULT, json.loads(small.value))
+    assert "object" in json.loads(small.value)
+    assert stored is not None
+    assert_valid(ENVELOPE, json.loads(stored))
+    assert_valid(
+        ENVELOPE, {"v": 1, "id": argued.id, "task": "length", "args_object": f"args.{argued.id}"}
+    )
     assert record["object"] == f"results.{ten.id}.1"
     assert record["size"] > limit
     assert stored is not None  # the whole envelope, for a retry or a replay
@@ -170,3 +181,36 @@ async def test_replaying_a_job_whose_large_arguments_expired_says_so(jsq_app: Ap
             await dead_letters.replay(broker, letter)
         assert await dead_letters.list_letters(broker) == [letter]  # kept
     assert letter.reason == "not_retryable"
+
+
+async def test_the_notice_reaches_the_sender_from_a_chains_last_step_and_a_chords_callback(
+    jsq_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jsqueue import chain, chord, group
+
+    @jsq_app.task(name="n.add")
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @jsq_app.task(name="n.total")
+    async def total(values: list[int]) -> int:
+        return sum(values)
+
+    async with jsq_app:
+        backend = await jsq_app.result_backend()
+        noticed: list[str] = []
+        deliver = backend.waiters.deliver
+
+        def spy(job_id: str, record: bytes) -> None:
+            noticed.append(job_id)
+            deliver(job_id, record)
+
+        monkeypatch.setattr(backend.waiters, "deliver", spy)
+        async with running_worker(jsq_app):
+            steps = await chain(add.s(1, 2), add.s(3), add.s(4)).delay()
+            summed = await chord(group(add.s(i, i) for i in range(5)), total.s()).delay()
+            # a notice is what ends these waits: the fallback re-read comes only every 30 s
+            assert await steps.get(timeout=20) == 10
+            assert await summed.get(timeout=20) == 20
+    assert steps.id in noticed  # the chain's last step notified the sender
+    assert summed.id in noticed  # and so did the chord's callback
