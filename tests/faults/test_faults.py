@@ -106,7 +106,7 @@ async def test_2_sigkill_a_worker_repeatedly(scenario: Scenario) -> None:
             if pid in kills:
                 backs.append(again - kills[pid])
     assert backs, "no job was hit by a kill"
-    assert max(backs) <= ack_wait + 1, backs
+    assert max(backs) <= ack_wait + 2, backs  # ack_wait, then a pull on a loaded machine
     span = f"{min(backs):.2f}-{max(backs):.2f}s"
     print(f"[sigkill x6] {len(backs)} killed jobs came back after {span} (ack_wait {ack_wait}s)")
 
