@@ -4,7 +4,6 @@ processes, and Debian's chromium driven by Playwright (skipped, saying why, wher
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,8 +13,9 @@ from typing import Any
 import pytest
 
 from jsqueue import App
-from jsqueue.testing import Process, destroy
+from jsqueue.testing import Process
 from jsqueue.wire.server import NatsServer
+from tests.integration.support import app_of
 
 from .support import ROOT, Dashboard, start_dashboard
 
@@ -36,16 +36,8 @@ async def dashapp(
     nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[App]:
     """The dashboard tests' app as the test process sees it (its processes share the prefix)."""
-    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
-    monkeypatch.syspath_prepend(str(ROOT))
-    import tests.apps.dashapp as module
-
-    module = importlib.reload(module)
-    module.app.configure(url=nats_server.url)
-    try:
-        yield module.app
-    finally:
-        await destroy(module.app)
+    async with app_of("dashapp", nats_server, jsq_prefix, monkeypatch) as app:
+        yield app
 
 
 @pytest.fixture

@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from jsqueue import App
-from jsqueue.testing import Process
+from jsqueue.testing import Process, destroy
+from jsqueue.wire.server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def app_of(
+    module_name: str,
+    server: NatsServer,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    **env: str,
+) -> AsyncIterator[App]:
+    """The app of ``tests.apps.<module_name>`` as the test process sees it: the same prefix
+    (and ``env``) as the worker processes a test starts on it, reloaded so that it reads
+    them, and destroyed (its streams and buckets) after."""
+    monkeypatch.setenv("JSQ_TEST_PREFIX", prefix)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(ROOT))
+    module = importlib.reload(importlib.import_module(f"tests.apps.{module_name}"))
+    app: App = module.app
+    app.configure(url=server.url)
+    try:
+        yield app
+    finally:
+        await destroy(app)
 
 
 def free_port() -> int:

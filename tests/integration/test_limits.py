@@ -5,7 +5,6 @@ and block no other task, and unique jobs sent from separate processes."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import subprocess
@@ -21,10 +20,10 @@ import pytest
 from jsqueue import App, JobState
 from jsqueue.errors import ConfigError
 from jsqueue.services import limits
-from jsqueue.testing import Process, destroy, wait_state, wait_until
+from jsqueue.testing import Process, wait_state, wait_until
 from jsqueue.wire.server import NatsServer
 
-from .support import ROOT
+from .support import ROOT, app_of
 
 pytestmark = pytest.mark.slow
 
@@ -35,17 +34,10 @@ ACK_WAIT = "3"
 async def limitapp(
     nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[App]:
-    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
-    monkeypatch.setenv("JSQ_TEST_ACK_WAIT", ACK_WAIT)
-    monkeypatch.syspath_prepend(str(ROOT))
-    import tests.apps.limitapp as module
-
-    module = importlib.reload(module)
-    module.app.configure(url=nats_server.url)
-    try:
-        yield module.app
-    finally:
-        await destroy(module.app)
+    async with app_of(
+        "limitapp", nats_server, jsq_prefix, monkeypatch, JSQ_TEST_ACK_WAIT=ACK_WAIT
+    ) as app:
+        yield app
 
 
 def _env(app: App) -> dict[str, str]:

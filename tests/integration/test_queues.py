@@ -5,7 +5,6 @@ server schedule without stalling the queue, and a pause that holds while jobs ke
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import subprocess
@@ -21,10 +20,10 @@ from jsqueue.config import check_priority
 from jsqueue.errors import ConfigError
 from jsqueue.services.producer import build_envelope, send_many
 from jsqueue.services.status import queue_status
-from jsqueue.testing import Process, destroy
+from jsqueue.testing import Process
 from jsqueue.wire.server import NatsServer
 
-from .support import ROOT
+from .support import ROOT, app_of
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +32,10 @@ pytestmark = pytest.mark.slow
 async def loadapp(
     nats_server: NatsServer, jsq_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[App]:
-    monkeypatch.setenv("JSQ_TEST_PREFIX", jsq_prefix)
-    monkeypatch.setenv("JSQ_TEST_MAX_ACK_PENDING", "50")
-    monkeypatch.syspath_prepend(str(ROOT))
-    import tests.apps.loadapp as module
-
-    module = importlib.reload(module)
-    module.app.configure(url=nats_server.url)
-    try:
-        yield module.app
-    finally:
-        await destroy(module.app)
+    async with app_of(
+        "loadapp", nats_server, jsq_prefix, monkeypatch, JSQ_TEST_MAX_ACK_PENDING="50"
+    ) as app:
+        yield app
 
 
 def worker(app: App, tmp: Path, *args: str, name: str = "worker") -> Process:
