@@ -32,6 +32,20 @@ def env_for(server: NatsServer) -> dict[str, str]:
     return {**os.environ, "JSQUEUE_URL": server.url, "PYTHONPATH": str(ROOT)}
 
 
+def run_python(server: NatsServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python <args>`` against ``server``, from the repository; it must exit 0."""
+    out = subprocess.run(
+        [sys.executable, *args],
+        env=env_for(server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def wait_for_output(proc: Process, pattern: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,15 +88,7 @@ def test_readme_benchmark_table_is_the_latest_run() -> None:
 def test_readme_tour_runs(own_server: NatsServer) -> None:
     blocks = re.findall(r"<!-- readme:tour -->\n```python\n(.*?)```", README, re.S)
     assert len(blocks) >= 3
-    out = subprocess.run(
-        [sys.executable, "-c", "\n".join(blocks)],
-        env=env_for(own_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(own_server, "-c", "\n".join(blocks))
     lines = out.stdout.splitlines()
     assert lines[:2] == ["5", "mailed ada@example.com"]
     assert lines[2] == "13 [0, 2, 4, 6, 8, 10, 12, 14, 16, 18] 90"
@@ -93,29 +99,13 @@ def test_readme_tour_runs(own_server: NatsServer) -> None:
 
 
 def test_batch_example(own_server: NatsServer) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "examples.batch", "300"],
-        env=env_for(own_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(own_server, "-m", "examples.batch", "300")
     assert "sum of results = 89700" in out.stdout  # 2 * sum(range(300))
     assert "300 succeeded" in out.stdout
 
 
 def test_canvas_example(own_server: NatsServer) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "examples.canvas", "--burst"],
-        env=env_for(own_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(own_server, "-m", "examples.canvas", "--burst")
     assert "chain (1 + 2) * 10 + 5 = 35" in out.stdout
     assert "group of squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in out.stdout
     assert "chord sum of 2i for i < 100 = 9900" in out.stdout
@@ -223,15 +213,7 @@ def test_limits_example_and_its_readme_block(own_server: NatsServer) -> None:
     source = (ROOT / "examples" / "limits.py").read_text()
     for line in block.group(1).strip().splitlines():
         assert line in source, f"README's Limits block line not in examples/limits.py: {line}"
-    out = subprocess.run(
-        [sys.executable, "-m", "examples.limits", "--burst"],
-        env=env_for(own_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(own_server, "-m", "examples.limits", "--burst")
     lines = out.stdout.splitlines()
     took = float(re.fullmatch(r"21 rate-limited calls took ([\d.]+)s at 10/s", lines[0]).group(1))  # type: ignore[union-attr]
     assert 1.8 <= took < 10, lines[0]  # 21 starts 0.1 s apart: at least 2 s
