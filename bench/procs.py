@@ -79,6 +79,24 @@ class WorkerGroup:
                 continue
         return total
 
+    def memory(self) -> tuple[int, int]:
+        """(RSS, PSS) in bytes of every worker process and its children now. PSS charges each
+        shared page to the processes sharing it in equal parts, so it is what a pool of forked
+        children really costs; RSS counts a shared page once per process."""
+        rss = pss = 0
+        for proc in self.procs:
+            try:
+                root = psutil.Process(proc.pid)
+                family = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in family:
+                with contextlib.suppress(psutil.Error):
+                    info = p.memory_full_info()
+                    rss += info.rss
+                    pss += getattr(info, "pss", info.rss)
+        return rss, pss
+
     def _sample(self) -> None:
         while self._sampling.is_set():
             self.peak_rss = max(self.peak_rss, self.rss())

@@ -120,7 +120,17 @@ def main(argv: list[str] | None = None) -> None:
         "--only", default="", help=f"comma-separated peers, of: {','.join(PEERS)} (default: all)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
+    parser.add_argument(
+        "--pools",
+        action="store_true",
+        help="instead: jsqueue's process and thread pools beside Celery prefork (pools.md)",
+    )
     args = parser.parse_args(argv)
+    if args.pools:
+        from bench import pools
+
+        pools.main(args.out, quick=args.quick)
+        return
     keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(PEERS)
     unknown = [k for k in keys if k not in PEERS]
     if unknown:
