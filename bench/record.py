@@ -17,25 +17,26 @@ import uuid
 RECORD = struct.Struct("<qdd")  # job id, start and finish (time.time())
 DIR_ENV = "BENCH_RECORD_DIR"
 
-_fd: int = -1
-_fd_pid: int = -1
-_fd_dir: str = ""
+#: the env var of a record dir -> (fd, pid, dir) of this process's file there
+_files: dict[str, tuple[int, int, str]] = {}
 
 
-def _open() -> int:
-    """This process's record file in the current record dir (reopened after a fork)."""
-    global _fd, _fd_pid, _fd_dir
-    directory = os.environ.get(DIR_ENV)
+def _open(dir_env: str = DIR_ENV) -> int:
+    """This process's record file in the record dir named by ``$dir_env`` (reopened after a
+    fork, or when the dir changes)."""
+    directory = os.environ.get(dir_env)
     if not directory:
-        raise RuntimeError(f"${DIR_ENV} is not set: the benchmark harness sets it for workers")
-    if _fd < 0 or _fd_pid != os.getpid() or _fd_dir != directory:
+        raise RuntimeError(f"${dir_env} is not set: the benchmark harness sets it for workers")
+    fd, pid, opened = _files.get(dir_env, (-1, -1, ""))
+    if fd < 0 or pid != os.getpid() or opened != directory:
         name = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex[:8]}.rec")
-        _fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        _fd_pid, _fd_dir = os.getpid(), directory
-    return _fd
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _files[dir_env] = (fd, os.getpid(), directory)
+    return fd
 
 
-def record(i: int, started: float | None = None) -> None:
-    """Record that job ``i`` ran; ``started`` defaults to now (the task did nothing else)."""
+def record(i: int, started: float | None = None, *, dir_env: str = DIR_ENV) -> None:
+    """Record that job ``i`` ran; ``started`` defaults to now (the task did nothing else).
+    ``dir_env`` names another record dir, for jobs the harness watches apart (probes)."""
     now = time.time()
-    os.write(_open(), RECORD.pack(i, now if started is None else started, time.time()))
+    os.write(_open(dir_env), RECORD.pack(i, now if started is None else started, time.time()))

@@ -125,7 +125,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="instead: jsqueue's process and thread pools beside Celery prefork (pools.md)",
     )
+    parser.add_argument(
+        "--queues",
+        action="store_true",
+        help="instead: jsqueue's priority latency and a drain beside long retries (queues.md)",
+    )
     args = parser.parse_args(argv)
+    if args.queues:
+        from bench import queues
+
+        queues.main(args.out, quick=args.quick)
+        return
     if args.pools:
         from bench import pools
 
