@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -40,10 +41,15 @@ class PoolSizes:
     noop_jobs: int = 10_000
     latency: int = 300  # jobs sent ``latency_gap`` apart to an idle worker
     latency_gap: float = 0.010
-    repeats: int = 3
+    repeats: int = 5
 
 
 QUICK = PoolSizes(cpu_jobs=40, noop_jobs=1_000, latency=50, repeats=1)
+
+
+def load() -> str:
+    """The machine's load average: on 2 shared cores, what the other tenants took."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def say(message: str) -> None:
@@ -176,7 +182,7 @@ def write(out_dir: Path, sizes: PoolSizes, out: Samples, *, quick: bool, seconds
         "sizes": asdict(sizes),
         "quick": quick,
         "seconds": round(seconds),
-        "machine": report.machine(),
+        "machine": {**report.machine(), "load average at the end (1, 5, 15 min)": load()},
         "versions": report.versions(),
         "samples": out.values,
         "errors": out.errors,
