@@ -58,13 +58,19 @@ def say(message: str) -> None:
 
 async def drain(peer: PoolPeer, jobs: int, *, memory: Samples | None = None) -> float:
     """Fill ``jobs`` of ``peer.work``, start the worker, return jobs/s (first start to last
-    finish, from the tasks' own records); with ``memory``, add the idle worker's RSS and PSS."""
+    finish, from the tasks' own records); with ``memory``, add the worker's CPU time per job
+    (all its processes, from its first job on) and the idle worker's RSS and PSS."""
     await peer.purge()
     ids = range(jobs)
     with Recording() as rec:
         await fill(peer, ids, chunk=20_000)
         with WorkerGroup(peer.worker_commands(1), rec.env) as workers:
+            await wait(peer, rec, 1, 120, workers)
+            cpu_before, done_before = workers.cpu_seconds(), rec.count()
             await wait(peer, rec, jobs, scenarios.timeout_for(jobs * 10), workers)
+            cpu = (workers.cpu_seconds() - cpu_before) / max(1, jobs - done_before)
+            if memory is not None:
+                memory.add(f"{peer.work} {peer.key} cpu_us", cpu * 1e6)
             if memory is not None:
                 await asyncio.sleep(1.0)  # let the last acks settle: idle, warm
                 rss, pss = workers.memory()
@@ -157,6 +163,8 @@ ROWS: list[tuple[str, str, str | None]] = [
     ("noop jsqueue-process", "no-op drain, process pool (jobs/s)", None),
     ("noop celery-prefork", "no-op drain, Celery prefork (jobs/s)", None),
     ("noop process/celery", "no-op drain: process / Celery prefork", ">= 2"),
+    ("noop jsqueue-process cpu_us", "no-op job, worker CPU per job, process pool (µs)", None),
+    ("noop celery-prefork cpu_us", "no-op job, worker CPU per job, Celery prefork (µs)", None),
     ("jsqueue-process latency_p50", "idle latency p50, process pool (ms)", None),
     ("jsqueue-thread latency_p50", "idle latency p50, thread pool (ms)", None),
     ("jsqueue-process latency_p99", "idle latency p99, process pool (ms)", None),
@@ -217,6 +225,9 @@ def write(out_dir: Path, sizes: PoolSizes, out: Samples, *, quick: bool, seconds
         "`--pool thread -c 2`, on the bundled nats-server, acks after the task. Celery: "
         "`celery worker --pool prefork -c 2` on RabbitMQ, prefetch multiplier 4, acks before "
         "the task (its defaults); jobs sent one `delay()` at a time (it has no bulk call).",
+        "- Worker CPU per no-op job: user + system time of the worker and all its descendants "
+        "from its first job to its last, divided by the jobs run meanwhile (brokers not "
+        "included). Other tenants of the machine inflate it much less than wall-clock rates.",
         "- Memory: one second after the no-op drain, the worker and all its descendants "
         "(jsqueue: parent, forkserver, 2 children; Celery: parent, 2 children), summed: RSS, and "
         "PSS (shared pages divided among the processes sharing them).",
