@@ -56,9 +56,9 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-async def drain(peer: PoolPeer, jobs: int, *, memory: Samples | None = None) -> float:
+async def drain(peer: PoolPeer, jobs: int, *, costs: Samples | None = None) -> float:
     """Fill ``jobs`` of ``peer.work``, start the worker, return jobs/s (first start to last
-    finish, from the tasks' own records); with ``memory``, add the worker's CPU time per job
+    finish, from the tasks' own records); with ``costs``, add the worker's CPU time per job
     (all its processes, from its first job on) and the idle worker's RSS and PSS."""
     await peer.purge()
     ids = range(jobs)
@@ -66,16 +66,18 @@ async def drain(peer: PoolPeer, jobs: int, *, memory: Samples | None = None) -> 
         await fill(peer, ids, chunk=20_000)
         with WorkerGroup(peer.worker_commands(1), rec.env) as workers:
             await wait(peer, rec, 1, 120, workers)
-            cpu_before, done_before = workers.cpu_seconds(), rec.count()
+            (own0, kids0), done_before = workers.cpu_split(), rec.count()
             await wait(peer, rec, jobs, scenarios.timeout_for(jobs * 10), workers)
-            cpu = (workers.cpu_seconds() - cpu_before) / max(1, jobs - done_before)
-            if memory is not None:
-                memory.add(f"{peer.work} {peer.key} cpu_us", cpu * 1e6)
-            if memory is not None:
+            own1, kids1 = workers.cpu_split()
+            ran = max(1, jobs - done_before)
+            total = (own1 + kids1 - own0 - kids0) / ran * 1e6
+            if costs is not None:
+                costs.add(f"{peer.work} {peer.key} cpu_us", total)
+                costs.add(f"{peer.work} {peer.key} parent cpu_us", (own1 - own0) / ran * 1e6)
                 await asyncio.sleep(1.0)  # let the last acks settle: idle, warm
                 rss, pss = workers.memory()
-                memory.add(f"{peer.key} rss", rss / MB)
-                memory.add(f"{peer.key} pss", pss / MB)
+                costs.add(f"{peer.key} rss", rss / MB)
+                costs.add(f"{peer.key} pss", pss / MB)
         records = rec.check(ids)
     return records.rate()
 
@@ -115,7 +117,7 @@ async def measure(sizes: PoolSizes, out: Samples) -> None:
             noop_peers = [p for p in peers if p is not thread]
             for peer in rotated(noop_peers, rep):
                 peer.work = "noop"
-                rates[peer.key] = await drain(peer, sizes.noop_jobs, memory=out)
+                rates[peer.key] = await drain(peer, sizes.noop_jobs, costs=out)
                 out.add(f"noop {peer.key}", rates[peer.key])
                 say(f"noop drain {tag} {peer.key}: {rates[peer.key]:,.0f} jobs/s")
             ratio(out, "noop process/celery", rates, process, celery)
@@ -165,6 +167,8 @@ ROWS: list[tuple[str, str, str | None]] = [
     ("noop process/celery", "no-op drain: process / Celery prefork", ">= 2"),
     ("noop jsqueue-process cpu_us", "no-op job, worker CPU per job, process pool (µs)", None),
     ("noop celery-prefork cpu_us", "no-op job, worker CPU per job, Celery prefork (µs)", None),
+    ("noop jsqueue-process parent cpu_us", "... of which the parent process, jsqueue (µs)", None),
+    ("noop celery-prefork parent cpu_us", "... of which the parent process, Celery (µs)", None),
     ("jsqueue-process latency_p50", "idle latency p50, process pool (ms)", None),
     ("jsqueue-thread latency_p50", "idle latency p50, thread pool (ms)", None),
     ("jsqueue-process latency_p99", "idle latency p99, process pool (ms)", None),

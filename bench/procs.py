@@ -101,7 +101,11 @@ class WorkerGroup:
         """User + system CPU seconds the worker processes and their children used so far
         (children already reaped included): a cost that other tenants of the machine do not
         inflate the way they inflate wall-clock time."""
-        total = 0.0
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """:meth:`cpu_seconds` as (the worker processes themselves, their descendants)."""
+        own = descendants = 0.0
         for proc in self.procs:
             try:
                 root = psutil.Process(proc.pid)
@@ -111,8 +115,13 @@ class WorkerGroup:
             for p in family:
                 with contextlib.suppress(psutil.Error):
                     t = p.cpu_times()
-                    total += t.user + t.system + t.children_user + t.children_system
-        return total
+                    used = t.user + t.system + t.children_user + t.children_system
+                    if p.pid == proc.pid:
+                        own += t.user + t.system
+                        descendants += t.children_user + t.children_system
+                    else:
+                        descendants += used
+        return own, descendants
 
     def _sample(self) -> None:
         while self._sampling.is_set():
