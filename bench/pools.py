@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -41,10 +42,25 @@ class PoolSizes:
     noop_jobs: int = 10_000
     latency: int = 300  # jobs sent ``latency_gap`` apart to an idle worker
     latency_gap: float = 0.010
-    repeats: int = 5
+    repeats: int = 9  # odd, for a true median; a shared machine needs many
 
 
 QUICK = PoolSizes(cpu_jobs=40, noop_jobs=1_000, latency=50, repeats=1)
+
+
+def commit() -> str:
+    """The commit of the checkout measured (with "+changes" if its tree differs)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "jsqueue"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return f"{head}{' +changes' if dirty else ''}" or "?"
 
 
 def load() -> str:
@@ -194,7 +210,11 @@ def write(out_dir: Path, sizes: PoolSizes, out: Samples, *, quick: bool, seconds
         "sizes": asdict(sizes),
         "quick": quick,
         "seconds": round(seconds),
-        "machine": {**report.machine(), "load average at the end (1, 5, 15 min)": load()},
+        "machine": {
+            **report.machine(),
+            "load average at the end (1, 5, 15 min)": load(),
+            "jsqueue commit": commit(),
+        },
         "versions": report.versions(),
         "samples": out.values,
         "errors": out.errors,

@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,21 @@ class QueueSizes:
 QUICK = QueueSizes(
     backlog=2_000, probes=10, priority_runs=1, drain=2_000, retrying=2_000, repeats=1
 )
+
+
+def commit() -> str:
+    """The commit of the checkout measured (with "+changes" if its tree differs)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "jsqueue"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return f"{head}{' +changes' if dirty else ''}" or "?"
 
 
 def load() -> str:
@@ -198,7 +214,11 @@ def write(out_dir: Path, sizes: QueueSizes, out: Samples, *, quick: bool, second
         "sizes": asdict(sizes),
         "quick": quick,
         "seconds": round(seconds),
-        "machine": {**report.machine(), "load average at the end (1, 5, 15 min)": load()},
+        "machine": {
+            **report.machine(),
+            "load average at the end (1, 5, 15 min)": load(),
+            "jsqueue commit": commit(),
+        },
         "versions": report.versions(),
         "samples": out.values,
         "errors": out.errors,
