@@ -291,6 +291,7 @@ class Task(Generic[P, R]):
                     queue=queue or self.queue,
                     serializer=self.serializer,
                     notify=broker.notify_subject,
+                    priority=self.priority,
                 )
             )
         await send_many(broker, envelopes)

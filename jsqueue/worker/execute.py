@@ -79,12 +79,14 @@ class Limits:
                     f"time limit ({hard}s), or it could never fire"
                 )
             thread = pool_kind == "thread" and not task.is_async
-            if thread and task.options.time_limit and task.queue in queues:
-                raise ConfigError(
-                    f"task {task.name} has time_limit={task.options.time_limit}, which a "
-                    "thread cannot keep: run the worker with --pool process (a child is "
-                    "killed at the limit)"
-                )
+            for name in ("time_limit", "soft_time_limit"):
+                value = getattr(task.options, name)
+                if thread and value and task.queue in queues:
+                    raise ConfigError(
+                        f"task {task.name} has {name}={value}, which a thread cannot keep: "
+                        "run the worker with --pool process (a child is interrupted or "
+                        "killed at the limit)"
+                    )
 
 
 class TaskExecutor:

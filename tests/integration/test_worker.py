@@ -345,6 +345,14 @@ def test_a_def_tasks_time_limit_needs_the_process_pool() -> None:
         app.task(soft_time_limit=-1)(lambda: None)
     with pytest.raises(ConfigError, match="must be below its hard time limit"):
         Worker(app, pool="process", app_spec="x:app", soft_time_limit=2)
+    soft = App("s")
+
+    @soft.task(soft_time_limit=1)
+    def polite() -> None: ...
+
+    with pytest.raises(ConfigError, match="soft_time_limit=1, which a thread cannot keep"):
+        Worker(soft)
+    Worker(soft, pool="process", app_spec="x:app")  # a child can keep it
 
 
 async def test_run_worker_in_burst_mode_returns_its_stats(jsq_app: App) -> None:
