@@ -219,6 +219,34 @@ async def test_a_pause_holds_while_jobs_arrive_and_a_resume_runs_each_once(
     assert [lines(tmp_path / f"{h.id}.ran") for h in sent[:3]] == [["1"]] * 3  # no nak: attempt 1
 
 
+async def test_a_pause_stops_a_running_backlog_within_a_second(
+    loadapp: App, tmp_path: Path
+) -> None:
+    quick = task(loadapp, "quick")
+    started = tmp_path / "started"
+    marks = str(tmp_path)
+    async with loadapp:
+        await quick.starmap([(marks, "b")] * 6000)  # type: ignore[attr-defined]
+        with (
+            worker(loadapp, tmp_path, "-c", "4", name="w1"),
+            worker(loadapp, tmp_path, "-c", "4", name="w2"),
+        ):
+            await until(lambda: len(lines(started)) >= 200, 30, "the backlog running")
+            paused = cli(loadapp, "queue", "pause", "default")
+            done = time.time()  # the pause is recorded before the command returns
+            assert paused.returncode == 0, paused.stderr
+            before = len(lines(started))
+            await asyncio.sleep(2.0)  # nothing may start: no event to wait for
+            after = [float(line.split()[1]) for line in lines(started)]
+            resumed = cli(loadapp, "queue", "resume", "default")
+            assert resumed.returncode == 0, resumed.stderr
+            await until(lambda: len(lines(started)) == 6000, 60, "the whole backlog, once")
+    late = [at for at in after if at > done + 1.0]
+    assert before < 6000, "the backlog ran out before the pause"
+    assert not late, f"{len(late)} jobs started more than 1 s after the pause"
+    assert len(lines(started)) == 6000  # each job once
+
+
 async def test_a_job_held_on_a_paused_queue_is_handed_back_without_an_attempt(
     loadapp: App, tmp_path: Path
 ) -> None:
