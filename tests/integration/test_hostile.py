@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -303,6 +304,41 @@ async def test_a_closed_connection_is_replaced_and_the_worker_serves_on(
         assert broker.lost.is_set()
         assert await (await add.delay(2, 2)).get(timeout=10) == 4
     assert "closed the connection for good" in caplog.text
+
+
+async def test_a_worker_that_cannot_connect_again_in_time_ends_with_an_error(
+    tmp_path: Path,
+) -> None:
+    """Alive and idle is never an outcome: with its connection gone for good and no server to
+    reach, the worker gives up after ``reconnect_timeout`` with ConnectError (the CLI exits 1)."""
+    import asyncio
+
+    from jsqueue.errors import ConnectError
+    from jsqueue.worker import Worker
+
+    with NatsServer(store_dir=tmp_path / "store") as server:
+        app = App("gone", url=server.url, prefix=unique_prefix())
+
+        @app.task(name="add")
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        worker = Worker(app, concurrency=2)
+        worker.reconnect_timeout = 2.0
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.started.wait(), 30)
+            broker = await app.broker()
+            server.stop()  # nothing to connect to again
+            await broker.connection.nc.close()  # closed for good, as nats-py closes a client
+            began = time.monotonic()
+            with pytest.raises(ConnectError):
+                await asyncio.wait_for(running, 60)
+            waited = time.monotonic() - began
+        finally:
+            running.cancel()
+            await app.close()
+    assert waited < 30, f"gave up after {waited:.1f}s, reconnect_timeout 2 s"
 
 
 async def test_11_cli_refuses_empty_queues_and_bad_urls_in_one_line(
