@@ -47,6 +47,10 @@ from jsqueue.task import Task
 _PR_SET_PDEATHSIG = 1
 #: the exit code of a child that finds itself orphaned before it could arm PDEATHSIG
 EXIT_ORPHANED = 70
+#: bytes asked of the socket at a time (a job's frame is usually a few hundred)
+_RECV_SIZE = 65536
+#: seconds between reads of the child's resident memory when nothing recycles by memory
+_RSS_EVERY = 1.0
 
 
 @dataclass
@@ -62,28 +66,35 @@ class _Channel:
         sock.setblocking(True)
         self._sock = sock
         self._lock = threading.Lock()
+        self._buffer = bytearray()  # what arrived beyond the last whole frame
 
     def send(self, message: Message) -> None:
         data = protocol.frame(message)
-        # the soft-limit handler raises: it must not cut a frame in half
-        with _soft_limit_held(), self._lock:
-            self._sock.sendall(data)
+        if _soft_limit_may_raise():
+            # the soft-limit handler raises: it must not cut a frame in half
+            with _soft_limit_held(), self._lock:
+                self._sock.sendall(data)
+        else:
+            with self._lock:
+                self._sock.sendall(data)
 
     def receive(self) -> Message:
-        """The next message; EOFError when the parent closed its end."""
-        header = self._exact(protocol.header_size())
-        return protocol.parse(self._exact(protocol.body_size(header)))
+        """The next message; EOFError when the parent closed its end. One ``recv`` usually
+        brings a whole frame, header and body."""
+        header = protocol.header_size()
+        self._fill(header)
+        size = header + protocol.body_size(bytes(self._buffer[:header]))
+        self._fill(size)
+        payload = bytes(self._buffer[header:size])
+        del self._buffer[:size]
+        return protocol.parse(payload)
 
-    def _exact(self, size: int) -> bytes:
-        buf = bytearray(size)
-        view = memoryview(buf)
-        got = 0
-        while got < size:
-            n = self._sock.recv_into(view[got:])
-            if n == 0:
+    def _fill(self, size: int) -> None:
+        while len(self._buffer) < size:
+            chunk = self._sock.recv(max(_RECV_SIZE, size - len(self._buffer)))
+            if not chunk:
                 raise EOFError("the pool's parent closed the channel")
-            got += n
-        return bytes(buf)
+            self._buffer += chunk
 
 
 class _State:
@@ -91,6 +102,9 @@ class _State:
 
     channel: _Channel | None = None
     running: _Running | None = None
+    #: read the resident memory after every job (the pool recycles by it), else every _RSS_EVERY
+    track_memory = False
+    rss_read_at: float | None = None  # monotonic time of the last read
 
 
 _state = _State()
@@ -128,6 +142,7 @@ def serve(sock: socket.socket, config: ChildConfig) -> None:
         if app is None:
             return
         _state.channel = channel
+        _state.track_memory = config.track_memory
         child_started(app.middleware)
         channel.send(Ready(os.getpid()))
         while True:
@@ -193,7 +208,7 @@ def _run(app: App, message: RunJob, worker_id: str) -> Done:
             blob = protocol.dump_blob(result, what=f"the return value of task {job.task}")
         except SerializeError as exc:
             return _failure(job.job_id, exc, duration=duration)
-        return Done(job.job_id, ok=True, value=blob, rss_mb=rss_mb(), duration=duration)
+        return Done(job.job_id, ok=True, value=blob, rss_mb=_rss_due(), duration=duration)
     return _failure(job.job_id, result, text, duration)
 
 
@@ -240,7 +255,7 @@ def _failure(job_id: str, exc: BaseException, text: str = "", duration: float = 
         error_type=type_name(type(exc)),
         error_message=message,
         traceback=text,
-        rss_mb=rss_mb(),
+        rss_mb=_rss_due(),
         duration=duration,
     )
 
@@ -250,6 +265,18 @@ def type_name(cls: type) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _rss_due() -> float | None:
+    """This child's resident memory for a Done: after every job when the pool recycles by
+    memory, else at most every ``_RSS_EVERY`` seconds (None in between: the parent keeps the
+    last figure)."""
+    now = time.monotonic()
+    last = _state.rss_read_at
+    if _state.track_memory or last is None or now - last >= _RSS_EVERY:
+        _state.rss_read_at = now
+        return rss_mb()
+    return None
 
 
 def rss_mb() -> float | None:
@@ -271,6 +298,17 @@ def _on_soft_limit(signum: int, frame: FrameType | None) -> None:
     job = running.job
     raise SoftTimeLimitExceeded(
         f"job {job.job_id} ({job.task}) ran past its soft_time_limit of {job.soft_time_limit}s"
+    )
+
+
+def _soft_limit_may_raise() -> bool:
+    """Whether the soft-limit handler could raise in the main thread now: a job with a soft
+    limit runs and has not had it yet. Other threads never run Python signal handlers."""
+    running = _state.running
+    return (
+        running is not None
+        and running.soft_armed
+        and threading.current_thread() is threading.main_thread()
     )
 
 

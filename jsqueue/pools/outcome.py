@@ -34,9 +34,11 @@ class ChildOutcome:
     traceback: str = ""
 
 
-def from_done(done: Done, job: ChildJob, pid: int) -> ChildOutcome:
-    """The parent's view of a Done: unpickled value or error, or a stand-in that says why not."""
-    common: dict[str, Any] = {"pid": pid, "rss_mb": done.rss_mb, "duration": done.duration}
+def from_done(done: Done, job: ChildJob, pid: int, rss_mb: float | None = None) -> ChildOutcome:
+    """The parent's view of a Done: unpickled value or error, or a stand-in that says why not.
+    ``rss_mb``: the child's last known memory, when this Done did not carry it."""
+    rss = done.rss_mb if done.rss_mb is not None else rss_mb
+    common: dict[str, Any] = {"pid": pid, "rss_mb": rss, "duration": done.duration}
     if done.ok:
         try:
             value = None if done.value is None else protocol.load_blob(done.value)

@@ -169,7 +169,7 @@ class ProcessPool:
         if self._closed:
             return closed_before(job)
         try:
-            body = protocol.dump_blob(job, what=f"the arguments of job {job.job_id} ({job.task})")
+            body = protocol.dump_job(job)
         except SerializeError as exc:
             return ChildOutcome(error=exc)
         handle = await self._acquire()
@@ -253,6 +253,7 @@ class ProcessPool:
             cwd=os.getcwd(),
             sys_path=tuple(sys.path),
             worker_id=self._worker_id,
+            track_memory=self._max_memory is not None,
         )
         return await launch(config, preload_modules(self._spec), self._start_timeout)
 
@@ -341,9 +342,10 @@ class ProcessPool:
         for timer in busy.timers:
             timer.cancel()
         handle.jobs_done += 1
-        handle.rss_mb = done.rss_mb
+        if done.rss_mb is not None:
+            handle.rss_mb = done.rss_mb
         if not busy.future.done():
-            busy.future.set_result(from_done(done, busy.job, handle.pid))
+            busy.future.set_result(from_done(done, busy.job, handle.pid, handle.rss_mb))
         if self._worn_out(handle):
             self._retire(handle)
         else:

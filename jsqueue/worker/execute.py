@@ -223,6 +223,7 @@ class TaskExecutor:
                     eta=env.eta,
                     time_limit=hard,
                     soft_time_limit=soft,
+                    plain=env.serializer == "json",
                 ),
             )
         finally:

@@ -44,7 +44,7 @@ async def arguments(broker: Broker, settings: Settings, job: Job, env: Envelope)
     if whole.id != env.id:
         job.error = LookupError(f"object {env.args_object} holds job {whole.id}, not {env.id}")
         return None
-    return replace(env, args=whole.args, kwargs=whole.kwargs)
+    return replace(env, args=whole.args, kwargs=whole.kwargs, serializer=whole.serializer)
 
 
 def undecodable(job: Job, exc: DecodeError) -> Plan:
