@@ -193,7 +193,7 @@ def _load(channel: _Channel, config: ChildConfig) -> App | None:
 def _run(app: App, message: RunJob, worker_id: str) -> Done:
     started = time.monotonic()
     try:
-        job = protocol.load_blob(message.body)
+        job = protocol.load_job(message.body)
     except Exception as exc:
         what = f"the arguments of job {message.job_id} ({message.task})"
         return _failure(message.job_id, SerializeError(f"{what} cannot be unpickled: {exc!r}"))
