@@ -37,6 +37,9 @@ from jsqueue.pools.protocol import ChildConfig, Message, Ready, StartFailed
 
 log = logging.getLogger("jsqueue.pool")
 
+#: bytes taken from a child's socket at a time (a Done is usually a few hundred)
+_READ_SIZE = 65536
+
 _launcher_lock = threading.Lock()
 _launcher_executor: list[ThreadPoolExecutor] = []
 
@@ -87,6 +90,7 @@ class ChildHandle:
         self.exited = asyncio.Event()
         self._reader = reader
         self._writer = writer
+        self._buffer = bytearray()  # what arrived beyond the last whole message
         self._gone = False  # the forkserver may have reaped it: never signal its pid again
         self._stop_timer: asyncio.TimerHandle | None = None
         self._pidfd: int | None = None
@@ -99,12 +103,41 @@ class ChildHandle:
 
     async def receive(self) -> Message:
         """The next message; IncompleteReadError or OSError when the child is gone."""
-        return await protocol.read_message(self._reader)
+        while (message := self._buffered()) is None:
+            await self._more()
+        return message
+
+    async def receive_all(self) -> list[Message]:
+        """Every whole message that has arrived, waiting for the first; IncompleteReadError or
+        OSError when the child is gone. One read and one wake-up of the caller per batch."""
+        while (message := self._buffered()) is None:
+            await self._more()
+        messages = [message]
+        while (message := self._buffered()) is not None:
+            messages.append(message)
+        return messages
+
+    async def _more(self) -> None:
+        chunk = await self._reader.read(_READ_SIZE)
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(self._buffer), None)
+        self._buffer += chunk
+
+    def _buffered(self) -> Message | None:
+        """The first whole message in the buffer, taken out of it; None if there is none yet."""
+        size = protocol.frame_size(self._buffer)
+        if size is None or len(self._buffer) < size:
+            return None
+        payload = bytes(memoryview(self._buffer)[protocol.header_size() : size])
+        del self._buffer[:size]
+        return protocol.parse(payload)
 
     async def send(self, message: Message) -> None:
-        """Write a message and wait until the socket took it (OSError if the child is gone)."""
+        """Write a message; wait only while the socket's buffer is full (OSError if the child
+        is gone)."""
         self._writer.write(protocol.frame(message))
-        await self._writer.drain()
+        if self._writer.transport.get_write_buffer_size():
+            await self._writer.drain()
 
     def stop(self, grace: float) -> None:
         """Ask an idle child to exit; SIGKILL it if it has not after ``grace`` seconds."""

@@ -316,13 +316,14 @@ class ProcessPool:
         """Everything a child sends, until it is gone; then settle what it was running."""
         try:
             while True:
-                message = await handle.receive()
-                if isinstance(message, Done):
-                    self._on_done(handle, message)
-                elif isinstance(message, Report):
-                    self._on_report_message(handle, message)
-                else:
-                    raise ValueError(f"unexpected {type(message).__name__} from a running child")
+                for message in await handle.receive_all():
+                    if isinstance(message, Done):
+                        self._on_done(handle, message)
+                    elif isinstance(message, Report):
+                        self._on_report_message(handle, message)
+                    else:
+                        kind = type(message).__name__
+                        raise ValueError(f"unexpected {kind} from a running child")
         except (asyncio.IncompleteReadError, OSError):
             pass  # end of stream: the child exited or was killed
         except Exception:

@@ -11,7 +11,6 @@ channel.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import operator
 import pickle
@@ -233,7 +232,10 @@ def parse(payload: bytes) -> Message:
         raise ValueError(f"a {cls.__name__} with the wrong fields: {exc}") from None
 
 
-async def read_message(reader: asyncio.StreamReader) -> Message:
-    """The next message from a child; IncompleteReadError at end of stream."""
-    header = await reader.readexactly(_HEADER.size)
-    return parse(await reader.readexactly(body_size(header)))
+def frame_size(buffer: bytes | bytearray) -> int | None:
+    """The size, header included, of the frame that starts ``buffer``; None before its header
+    is whole."""
+    if len(buffer) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack_from(buffer)
+    return _HEADER.size + int(size)
