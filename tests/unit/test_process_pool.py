@@ -171,6 +171,30 @@ async def test_jobs_wait_for_a_free_child(make_pool: MakePool) -> None:
     assert {o.pid for o in outcomes} <= {c.pid for c in pool.children()}
 
 
+async def test_json_jobs_go_plain_and_other_jobs_by_value(make_pool: MakePool) -> None:
+    class Seven:  # defined here: only cloudpickle (by value) can bring it to the child
+        def __add__(self, other: int) -> int:
+            return 7 + other
+
+    pool = await make_pool(1)
+    assert (await run(pool, job("add", 2, 3, plain=True))).value == 5
+    assert (await run(pool, job("add", Seven(), 3))).value == 10
+    # marked plain but not plain after all: the job still travels, by value
+    assert (await run(pool, job("add", Seven(), 4, plain=True))).value == 11
+
+
+async def test_memory_is_known_after_every_job_without_a_memory_limit(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1)
+    outcomes = [await run(pool, job("add", i, 1)) for i in range(5)]
+    # the child reads it at most once a second here; the pool keeps its last figure
+    assert all(o.rss_mb is not None and o.rss_mb > 1 for o in outcomes)
+    (child,) = pool.children()
+    assert child.rss_mb is not None
+    assert child.rss_mb > 1
+
+
 async def test_a_child_that_cannot_import_the_app_fails_start_with_its_error() -> None:
     pool = ProcessPool("tests.apps.no_such_module:app", 2)
     with pytest.raises(ConfigError, match=r"No module named 'tests\.apps\.no_such_module'"):
