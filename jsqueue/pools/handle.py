@@ -107,15 +107,19 @@ class ChildHandle:
             await self._more()
         return message
 
-    async def receive_all(self) -> list[Message]:
-        """Every whole message that has arrived, waiting for the first; IncompleteReadError or
-        OSError when the child is gone. One read and one wake-up of the caller per batch."""
-        while (message := self._buffered()) is None:
+    async def arrived(self) -> None:
+        """Wait until a whole message has arrived (then :meth:`take` it and any behind it);
+        IncompleteReadError or OSError when the child is gone. One read per batch."""
+        while not self._whole():
             await self._more()
-        messages = [message]
-        while (message := self._buffered()) is not None:
-            messages.append(message)
-        return messages
+
+    def take(self) -> Message | None:
+        """The next message that has arrived, or None; ValueError for one that is no message."""
+        return self._buffered()
+
+    def _whole(self) -> bool:
+        size = protocol.frame_size(self._buffer)
+        return size is not None and len(self._buffer) >= size
 
     async def _more(self) -> None:
         chunk = await self._reader.read(_READ_SIZE)

@@ -316,7 +316,8 @@ class ProcessPool:
         """Everything a child sends, until it is gone; then settle what it was running."""
         try:
             while True:
-                for message in await handle.receive_all():
+                await handle.arrived()
+                while (message := handle.take()) is not None:
                     if isinstance(message, Done):
                         self._on_done(handle, message)
                     elif isinstance(message, Report):
