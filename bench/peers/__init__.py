@@ -14,6 +14,10 @@ PEERS: dict[str, tuple[str, str]] = {
     "arq": ("arq + Redis", "bench.peers.arq_redis:ArqPeer"),
     "taskiq": ("taskiq + taskiq-nats (JetStream)", "bench.peers.taskiq_nats:TaskiqPeer"),
     "raw": ("raw nats-py JetStream (ceiling)", "bench.peers.raw_nats:RawNatsPeer"),
+    "raw-loop": (
+        "raw nats-py, hand-made pull loop (ceiling)",
+        "bench.peers.raw_loop:RawLoopPeer",
+    ),
 }
 
 
