@@ -149,27 +149,34 @@ def decode(data: bytes, secret_key: bytes | None = None) -> Envelope:
             args, kwargs = body.get("args", []), body.get("kwargs", {})
         else:
             args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+        get = doc.get
+        # optional fields are checked only when present (most envelopes carry few of them)
+        eta, expires, parent, root = get("eta"), get("expires"), get("parent_id"), get("root_id")
+        link, chord, hdrs = get("link"), get("chord"), get("headers")
+        replay, notify, args_object = get("replay_of"), get("notify"), get("args_object")
+        on_error, priority, unique = get("on_error"), get("priority"), get("unique_key")
+        queue = get("queue", "default")
         return Envelope(
             id=job_id,
             task=task,
             args=fields.args(list(args) if isinstance(args, tuple) else args),
             kwargs=fields.kwargs(kwargs),
-            queue=fields.queue(doc.get("queue", "default")),
-            created=fields.number(doc.get("created", 0.0), "created"),
-            eta=fields.optional_number(doc.get("eta"), "eta"),
-            expires=fields.optional_number(doc.get("expires"), "expires"),
-            parent_id=fields.optional_job_id(doc.get("parent_id"), "parent_id"),
-            root_id=fields.optional_job_id(doc.get("root_id"), "root_id"),
-            link=fields.link(doc.get("link")),
-            chord=fields.chord(doc.get("chord")),
-            headers=fields.headers(doc.get("headers")),
+            queue=queue if queue == "default" else fields.queue(queue),
+            created=fields.number(get("created", 0.0), "created"),
+            eta=None if eta is None else fields.number(eta, "eta"),
+            expires=None if expires is None else fields.number(expires, "expires"),
+            parent_id=None if parent is None else fields.job_id(parent, "parent_id"),
+            root_id=None if root is None else fields.job_id(root, "root_id"),
+            link=() if link is None else fields.link(link),
+            chord=None if chord is None else fields.chord(chord),
+            headers=None if hdrs is None else fields.headers(hdrs),
             serializer="cloudpickle" if "pickle" in doc else "json",
-            replay_of=fields.optional_job_id(doc.get("replay_of"), "replay_of"),
-            notify=fields.notify(doc.get("notify")),
-            args_object=fields.args_object(doc.get("args_object"), job_id),
-            on_error=fields.on_error(doc.get("on_error")),
-            priority=fields.priority(doc.get("priority")),
-            unique_key=fields.optional_job_id(doc.get("unique_key"), "unique_key"),
+            replay_of=None if replay is None else fields.job_id(replay, "replay_of"),
+            notify=None if notify is None else fields.notify(notify),
+            args_object=None if args_object is None else fields.args_object(args_object, job_id),
+            on_error=() if on_error is None else fields.on_error(on_error),
+            priority=None if priority is None else fields.priority(priority),
+            unique_key=None if unique is None else fields.job_id(unique, "unique_key"),
         )
     except fields.FieldError as exc:
         raise MalformedError(f"envelope is malformed: {exc}", raw=data) from None

@@ -115,12 +115,31 @@ class Plan:
 
     def without_result(self) -> Plan:
         """The same plan for a task that keeps no result (``ignore_result``)."""
+        if self.record is Record.NONE:
+            return self
+        if self.record is Record.SUCCESS and self.action is Action.ACK:
+            return _SUCCEEDED_UNRECORDED[self.follow_up is FollowUp.CONTINUE]
         return replace(self, record=Record.NONE)
 
 
 def succeeded(*, followers: bool) -> Plan:
-    follow = FollowUp.CONTINUE if followers else FollowUp.NONE
-    return Plan(Action.ACK, Record.SUCCESS, follow, Counter.SUCCEEDED, Event.SUCCEEDED)
+    return _SUCCEEDED[followers]
+
+
+_SUCCEEDED = {
+    followers: Plan(
+        Action.ACK,
+        Record.SUCCESS,
+        FollowUp.CONTINUE if followers else FollowUp.NONE,
+        Counter.SUCCEEDED,
+        Event.SUCCEEDED,
+    )
+    for followers in (False, True)
+}
+#: the same for tasks that keep no result (``ignore_result``)
+_SUCCEEDED_UNRECORDED = {
+    followers: replace(plan, record=Record.NONE) for followers, plan in _SUCCEEDED.items()
+}
 
 
 def retry(delay: float) -> Plan:

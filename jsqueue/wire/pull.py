@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 
 from jsqueue.config import PRIORITY_NORMAL
 from jsqueue.wire.connection import Connection
-from jsqueue.wire.errors import translated
+from jsqueue.wire.errors import NATS_ERRORS, translate, translated
 from jsqueue.wire.provision import Provisioner
 
 log = logging.getLogger("jsqueue.wire.pull")
@@ -86,9 +86,14 @@ class Delivery:
         #: which run of the job this is (1 = first): across worker crashes and re-publishing
         self.attempt = self.carried + self.delivered
 
-    @translated
     async def ack(self) -> None:
-        await self._settle(_ACK)
+        if self.settled:
+            return
+        try:  # the hot path: one publish, no wrapper (see _settle)
+            await self._connection.nc.publish(self.reply, _ACK)
+        except NATS_ERRORS as exc:
+            raise translate(exc) from None
+        self.settled = True
 
     @translated
     async def nak(self, delay: float = 0.0) -> None:
@@ -263,9 +268,15 @@ class Puller:
         self.held -= count
         await self.refill()
 
+    @property
+    def wants_more(self) -> bool:
+        """Whether :meth:`refill` would ask: half the capacity is free, or all of it."""
+        free = self.capacity - self.held - self.outstanding
+        return free >= self._refill_at or (self.outstanding == self.held == 0 < free)
+
     async def refill(self) -> None:
         """Ask for more if half the capacity is free (after :attr:`capacity` changed, say)."""
-        if self.free >= self._refill_at or (self.outstanding == self.held == 0 < self.free):
+        if self.wants_more:
             await self._pull()
 
     async def _pull(self) -> None:

@@ -87,11 +87,14 @@ class Dispatch:
         self._clock = 0.0
         #: parked deliveries -> the timer that puts them back in their lane
         self._parked: dict[Delivery, asyncio.TimerHandle] = {}
+        self._by_priority: list[Lane] = []
+        self._fill_due = False
 
     # -- lanes ---------------------------------------------------------------------------------
 
     def add_lane(self, queue: str, puller: Puller, priority: int = PRIORITY_NORMAL) -> None:
         self.lanes[(queue, priority)] = Lane(queue, priority, puller)
+        self._by_priority = sorted(self.lanes.values(), key=lambda lane: -lane.priority)
         puller.on_idle_change = self._on_idle_change
         puller.room = self._pull_room
         self._set_caps()
@@ -151,8 +154,11 @@ class Dispatch:
         if not lane.waiting and not lane.running:
             lane.turn = max(lane.turn, self._clock)  # no credit for the time it had no work
         lane.waiting.append(delivery)
-        self.active[delivery] = time.monotonic()
-        self._fill()
+        self.active[delivery] = delivery.received
+        if self.running == 0:
+            self._fill()  # nothing runs that could take it: start it now
+        else:
+            self._fill_soon()
 
     def on_late(self, delivery: Delivery) -> None:
         """A job that arrived after we stopped pulling: give it back at once."""
@@ -165,27 +171,66 @@ class Dispatch:
         self._track(asyncio.get_running_loop().create_task(give_back()))
 
     def _fill(self) -> None:
-        """Start waiting deliveries while slots are free: the lane whose turn it is first
-        (ties: the higher priority)."""
-        if self._stopping():
-            return
-        while self.running < self.concurrency:
-            ready = [lane for lane in self.lanes.values() if lane.waiting and not lane.paused]
-            if not ready:
-                return
-            lane = min(ready, key=lambda lane: (lane.turn, -lane.priority))
-            self._clock = lane.turn
-            lane.turn += 1.0 / lane.weight
-            self._start(lane, lane.waiting.popleft())
+        """Start a slot's runner for the waiting deliveries, and another each time the loop
+        comes round while deliveries still wait and slots are free.
 
-    def _start(self, lane: Lane, delivery: Delivery) -> None:
-        lane.running += 1
+        A runner goes from job to job while its jobs complete without suspending, so under a
+        backlog of quick jobs one runner does what a task per job did; the next runner starts
+        as soon as the running ones suspend (the loop comes round), so a job never waits on a
+        slot that is free while the others wait on I/O.
+        """
+        if self._stopping() or self.running >= self.concurrency:
+            return
+        picked = self._next()
+        if picked is None:
+            return
+        self._track(asyncio.get_running_loop().create_task(self._run(*picked)))
+        self._fill_soon()
+
+    def _fill_soon(self) -> None:
+        if not self._fill_due and self.running < self.concurrency:
+            self._fill_due = True
+            asyncio.get_running_loop().call_soon(self._fill_now)
+
+    def _fill_now(self) -> None:
+        self._fill_due = False
+        self._fill()
+
+    def _next(self) -> tuple[Lane, Delivery] | None:
+        """The next delivery to start, taken from the lane whose turn it is, its slot taken."""
+        best: Lane | None = None
+        for lane in self.lanes.values():
+            if not lane.waiting or lane.paused:
+                continue
+            if best is None or (lane.turn, -lane.priority) < (best.turn, -best.priority):
+                best = lane
+        if best is None:
+            return None
+        self._clock = best.turn
+        best.turn += 1.0 / best.weight
+        best.running += 1
         self.running += 1
-        self._track(asyncio.get_running_loop().create_task(self._handle(lane, delivery)))
+        return best, best.waiting.popleft()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, lane: Lane, delivery: Delivery) -> None:
+        """One slot's runner: it runs the next waiting job, and the next, while there are.
+
+        A job that completes without suspending costs no asyncio task of its own: under a
+        backlog a slot's runner goes from job to job. Each job still runs in a context of its
+        own (see :mod:`jsqueue.worker.interrupt`), so nothing a task sets leaks to the next.
+        """
+        while True:
+            await self._handle(lane, delivery)
+            if self._stopping():
+                return
+            picked = self._next()
+            if picked is None:
+                return
+            lane, delivery = picked
 
     async def _handle(self, lane: Lane, delivery: Delivery) -> None:
         again: float | None = None
@@ -208,7 +253,6 @@ class Dispatch:
                     await self.give_back(delivery)
                 self.active.pop(delivery, None)
                 lane.puller.held -= 1
-            self._fill()
             await self._refill(lane)
 
     # -- parking -------------------------------------------------------------------------------
@@ -249,12 +293,12 @@ class Dispatch:
 
     async def _refill(self, first: Lane | None = None) -> None:
         """Let lanes ask for more, ``first`` first, then by priority, within the budget."""
-        lanes = sorted(self.lanes.values(), key=lambda lane: -lane.priority)
-        if first is not None:
-            lanes.remove(first)
-            lanes.insert(0, first)
-        for lane in lanes:
-            if lane.paused or lane.puller.free <= 0:
+        if first is not None and not first.paused and first.puller.wants_more:
+            if self._pull_room() <= 0:
+                return
+            await first.puller.refill()
+        for lane in self._by_priority:
+            if lane is first or lane.paused or not lane.puller.wants_more:
                 continue
             if self._pull_room() <= 0:
                 return

@@ -112,6 +112,7 @@ class TaskExecutor:
         #: job id -> "async" | "thread" | "process", of the jobs running now
         self.where: dict[str, str] = {}
         self._coroutines: dict[str, Interruptible] = {}
+        self._later: tuple[asyncio.AbstractEventLoop, progress.Later] | None = None
 
     def in_worker(self, task: Task[Any, Any]) -> bool:
         """Whether ``task`` runs in the worker's own process (so a crash takes the worker)."""
@@ -131,7 +132,8 @@ class TaskExecutor:
         if not self.in_worker(task):
             await self._in_pool(job)
             return
-        await self.gate.enter(alone=alone is not None)
+        if alone is not None or not self.gate.enter_now():
+            await self.gate.enter(alone=alone is not None)
         job.gate = alone is not None
         if alone is not None:
             await alone()
@@ -158,7 +160,10 @@ class TaskExecutor:
         assert env is not None
         assert task is not None
         hard, soft = self.limits.of(task)
-        sink = sink_to(self.on_report, env.id, progress.on_loop(asyncio.get_running_loop()))
+        loop = asyncio.get_running_loop()
+        if self._later is None or self._later[0] is not loop:
+            self._later = (loop, progress.on_loop(loop))
+        sink = sink_to(self.on_report, env.id, self._later[1])
         token = set_current(env, job.delivery.attempt, self.worker_id, sink)
         if self.middleware:
             call = functools.partial(task.fn, *env.args, **env.kwargs)
@@ -171,7 +176,7 @@ class TaskExecutor:
         timer = None
         if soft is not None:
             error = SoftTimeLimitExceeded(f"{task.name} ran past its soft_time_limit of {soft}s")
-            timer = asyncio.get_running_loop().call_later(soft, coroutine.interrupt, error)
+            timer = loop.call_later(soft, coroutine.interrupt, error)
         deadline = asyncio.timeout(hard) if hard is not None else None
         try:
             if deadline is None:

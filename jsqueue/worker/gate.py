@@ -28,6 +28,13 @@ class Gate:
         """Whether a job runs alone or waits to (other jobs wait)."""
         return self._alone or self._queued_alone > 0
 
+    def enter_now(self) -> bool:
+        """Enter together if that needs no wait (the common case, without an ``await``)."""
+        if self._alone or self._queued_alone > 0:
+            return False
+        self._together += 1
+        return True
+
     async def enter(self, *, alone: bool) -> None:
         if not alone:
             while self.closed:

@@ -9,11 +9,16 @@ that cancel, takes it back (``Task.uncancel``) and throws the recorded exception
 coroutine in its place. A cancel that nobody recorded (the worker shutting down) passes through
 as it is, and so does :meth:`stop`'s (revoke with ``terminate=True``): a task may catch an
 exception and go on, but not a stop.
+
+Each step of the coroutine runs in a context of its own, copied when it is created (as a task
+of its own would): the worker runs one job after another in a slot's asyncio task, and nothing a
+task sets in a context variable leaks into the next job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -23,6 +28,7 @@ class Interruptible:
 
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._coro = coro
+        self._context = contextvars.copy_context()
         self._task: asyncio.Task[Any] | None = None
         self._pending: BaseException | None = None
         #: :meth:`stop` was called: a CancelledError out of ``await`` is ours
@@ -50,12 +56,13 @@ class Interruptible:
     def __await__(self) -> Generator[Any, Any, Any]:
         self._task = asyncio.current_task()
         coro = self._coro
+        run = self._context.run
         sent: Any = None
         thrown: BaseException | None = None
         try:
             while True:
                 try:
-                    yielded = coro.send(sent) if thrown is None else coro.throw(thrown)
+                    yielded = run(coro.send, sent) if thrown is None else run(coro.throw, thrown)
                 except StopIteration as stop:
                     return stop.value
                 sent, thrown = None, None

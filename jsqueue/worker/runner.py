@@ -90,8 +90,8 @@ class JobRunner:
         self.park_room = park_room
         #: job id -> (task, queue, wall-clock start, attempt) of the jobs running now
         self.running: dict[str, tuple[str, str, float, int]] = {}
-        #: job id -> set once the delivery running it here is settled
-        self._settled: dict[str, asyncio.Event] = {}
+        #: job id -> set once the delivery running it here is settled (made when one waits)
+        self._settled: dict[str, asyncio.Event | None] = {}
 
     async def process(self, delivery: Delivery) -> float | None:
         """Decode, run and settle one delivery; only a transient server failure propagates.
@@ -111,8 +111,10 @@ class JobRunner:
         finally:
             if job.gate is not None:
                 self.executor.gate.leave(alone=job.gate)
-            if job.env is not None and job.env.id in self._settled and job.owns_run:
-                self._settled.pop(job.env.id).set()
+            if job.owns_run and job.env is not None:
+                settled = self._settled.pop(job.env.id, None)
+                if settled is not None:
+                    settled.set()
             if job.slot is not None:
                 self.admission.release(job.slot)
         return None
@@ -166,12 +168,15 @@ class JobRunner:
             job.env = env = loaded
         followers = has_followers(env)
         attempt = delivery.attempt
-        running_here = self._settled.get(env.id)
-        if running_here is not None:  # a redelivery of a job this worker runs now
-            await running_here.wait()
+        running_here = env.id in self._settled
+        if running_here:  # a redelivery of a job this worker runs now
+            settled = self._settled[env.id]
+            if settled is None:
+                settled = self._settled[env.id] = asyncio.Event()
+            await settled.wait()
         recorded = None
         # a copy sent again (Jsq-Attempt) may follow an original whose ack was lost after it ran
-        if attempt > 1 or running_here is not None or ATTEMPT_HEADER in delivery.headers:
+        if attempt > 1 or running_here or ATTEMPT_HEADER in delivery.headers:
             recorded = await self._recorded(env.id)
             if recorded is not None and recorded.state.is_final:
                 job.why = f"already {recorded.state} (delivery {attempt})"
@@ -275,7 +280,7 @@ class JobRunner:
         assert env is not None
         assert task is not None
         self.running[env.id] = (env.task, env.queue, time.time(), delivery.attempt)
-        self._settled[env.id] = asyncio.Event()
+        self._settled[env.id] = None
         job.owns_run = True
         try:
             if task.track_started and not task.options.ignore_result and not job.alone:

@@ -84,7 +84,7 @@ class WorkerStats:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     """One delivery as the runner sees it, filled in as it goes."""
 

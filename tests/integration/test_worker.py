@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import contextlib
+import contextvars
 import itertools
 import json
 import threading
@@ -68,6 +69,28 @@ async def test_current_job_inside_async_and_thread_tasks(jsq_app: App) -> None:
     assert by_id["ctx-a"].queue == "ctx"
     assert by_id["ctx-a"].headers == {"trace": "t1"}
     assert by_id["ctx-b"].task == thread.name
+
+
+async def test_jobs_run_back_to_back_in_one_slot_share_no_context(jsq_app: App) -> None:
+    """A slot's runner goes from job to job without a task of its own for each; what one job
+    sets in a context variable must still not be seen by the next, nor by the worker."""
+    mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="unset")
+    seen: list[str] = []
+
+    @jsq_app.task(ignore_result=True)
+    async def tag(n: int) -> None:
+        seen.append(mark.get())
+        mark.set(f"job {n}")
+        if n % 10 == 0:
+            await asyncio.sleep(0)  # some suspend: their slot goes on in its task after
+            seen[-1] += "" if mark.get() == f"job {n}" else " lost its own value"
+
+    async with jsq_app:
+        await tag.starmap([(n,) for n in range(200)])
+        stats = await burst(jsq_app, concurrency=4)
+    assert stats.succeeded == 200
+    assert seen == ["unset"] * 200
+    assert mark.get() == "unset"
 
 
 async def test_retries_wait_on_the_server_per_policy(jsq_app: App) -> None:
