@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench import report, scenarios
@@ -29,8 +29,19 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def steps(peer: Peer) -> list[tuple[str, Step]]:
-    """One repetition's measurements, in order."""
+#: short names for ``--steps``
+STEP_NAMES = {
+    "loop": "enqueue loop",
+    "drain1": "drain, 1 process",
+    "drain2": "drain, 2 processes",
+    "results": "drain with results",
+    "latency": "latency",
+    "rss": "200k backlog RSS",
+}
+
+
+def steps(peer: Peer, only: set[str] | None = None) -> list[tuple[str, Step]]:
+    """One repetition's measurements, in order (those named in ``only``, if given)."""
 
     async def drain_1(p: Peer, s: Sizes, o: Samples) -> None:
         await scenarios.drain(p, s, o, procs=1, results=False)
@@ -49,17 +60,18 @@ def steps(peer: Peer) -> list[tuple[str, Step]]:
     if peer.results is not None:
         chosen.append(("drain with results", drain_results))
     chosen.append(("latency", scenarios.latency))
-    return chosen
+    return [(name, step) for name, step in chosen if only is None or name in only]
 
 
-async def measure(peer: Peer, sizes: Sizes) -> Samples:
+async def measure(peer: Peer, sizes: Sizes, only: set[str] | None = None) -> Samples:
     out = Samples()
     await peer.open()
     try:
         for rep in range(1, sizes.repeats + 1):
-            for name, step in steps(peer):
+            for name, step in steps(peer, only):
                 await attempt(peer, name, step, sizes, out, f"{rep}/{sizes.repeats}")
-        await attempt(peer, "200k backlog RSS", scenarios.backlog_rss, sizes, out, "")
+        if only is None or STEP_NAMES["rss"] in only:
+            await attempt(peer, "200k backlog RSS", scenarios.backlog_rss, sizes, out, "")
     finally:
         await peer.close()
     return out
@@ -83,7 +95,9 @@ async def attempt(peer: Peer, name: str, step: Step, sizes: Sizes, out: Samples,
     say(f"{peer.key}: {name} {rep}: {shown} ({time.monotonic() - started:.0f}s)")
 
 
-async def run(keys: list[str], sizes: Sizes) -> list[report.PeerResult]:
+async def run(
+    keys: list[str], sizes: Sizes, only: set[str] | None = None
+) -> list[report.PeerResult]:
     results: list[report.PeerResult] = []
     with bundled_nats() as server:
         say(f"bundled nats-server at {server.url}")
@@ -104,7 +118,7 @@ async def run(keys: list[str], sizes: Sizes) -> list[report.PeerResult]:
             say(f"{key}: {title}")
             started = time.monotonic()
             try:
-                samples = await measure(peer, sizes)
+                samples = await measure(peer, sizes, only)
             except Exception as exc:  # open/close failed: report it, go on with the others
                 traceback.print_exc(file=sys.stderr)
                 samples = Samples(errors={"setup": f"{type(exc).__name__}: {exc}"})
@@ -118,6 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument(
         "--only", default="", help=f"comma-separated peers, of: {','.join(PEERS)} (default: all)"
+    )
+    parser.add_argument(
+        "--steps",
+        default="",
+        help=f"comma-separated measurements, of: {','.join(STEP_NAMES)} (default: all)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=0, help="repetitions of each measurement (default 3)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     parser.add_argument(
@@ -146,9 +168,16 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     sizes = QUICK if args.quick else Sizes()
+    if args.repeats > 0:
+        sizes = replace(sizes, repeats=args.repeats)
+    names = [k.strip() for k in args.steps.split(",") if k.strip()]
+    wrong = [k for k in names if k not in STEP_NAMES]
+    if wrong:
+        parser.error(f"unknown step(s) {', '.join(wrong)}; choose from {', '.join(STEP_NAMES)}")
+    only = {STEP_NAMES[k] for k in names} or None
     say(f"sizes: {asdict(sizes)}")
     started = time.monotonic()
-    results = asyncio.run(run(keys, sizes))
+    results = asyncio.run(run(keys, sizes, only))
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     paths = report.write(
         args.out,

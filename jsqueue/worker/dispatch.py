@@ -171,30 +171,37 @@ class Dispatch:
         self._track(asyncio.get_running_loop().create_task(give_back()))
 
     def _fill(self) -> None:
-        """Start a slot's runner for the waiting deliveries, and another each time the loop
-        comes round while deliveries still wait and slots are free.
+        """Start a slot's runner for the waiting deliveries now, and runners for whatever
+        still waits once the loop comes round.
 
         A runner goes from job to job while its jobs complete without suspending, so under a
-        backlog of quick jobs one runner does what a task per job did; the next runner starts
-        as soon as the running ones suspend (the loop comes round), so a job never waits on a
-        slot that is free while the others wait on I/O.
+        backlog of quick jobs one runner does what a task per job did. When the loop comes
+        round, every runner that could go on has suspended (its job waits on I/O): then each
+        delivery still waiting gets a runner of its own, up to the free slots, so a job never
+        waits on a free slot while the others wait on I/O.
         """
+        if self._start():
+            self._fill_soon()
+
+    def _start(self) -> bool:
+        """Start a runner for the next waiting delivery, if a slot is free."""
         if self._stopping() or self.running >= self.concurrency:
-            return
+            return False
         picked = self._next()
         if picked is None:
-            return
+            return False
         self._track(asyncio.get_running_loop().create_task(self._run(*picked)))
-        self._fill_soon()
+        return True
 
     def _fill_soon(self) -> None:
-        if not self._fill_due and self.running < self.concurrency:
+        if not self._fill_due:
             self._fill_due = True
             asyncio.get_running_loop().call_soon(self._fill_now)
 
     def _fill_now(self) -> None:
         self._fill_due = False
-        self._fill()
+        while self._start():
+            pass
 
     def _next(self) -> tuple[Lane, Delivery] | None:
         """The next delivery to start, taken from the lane whose turn it is, its slot taken."""
