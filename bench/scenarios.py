@@ -95,11 +95,17 @@ async def drain(peer: Peer, sizes: Sizes, out: Samples, *, procs: int, results: 
         if procs == 1 and not results and peer.bulk is not None:
             out.add("enqueue_bulk", fill_rate)
         with WorkerGroup(peer.worker_commands(procs, results=results), rec.env) as workers:
+            await wait(peer, rec, 1, timeout_for(sizes.drain), workers)
+            cpu, first = workers.cpu_seconds(), rec.count()
             await wait(peer, rec, sizes.drain, timeout_for(sizes.drain), workers)
             peak = workers.peak_rss
+            cpu = (workers.cpu_seconds() - cpu) / max(1, sizes.drain - first)
         records = rec.check(ids)
     metric = "drain_results" if results else f"drain_{procs}"
     out.add(metric, records.rate())
+    # the workers' CPU microseconds a job once they ran their first: steadier than jobs/s on a
+    # shared machine (and a ratio of two of them says what a drain would be on an idle one)
+    out.add(f"{metric}_cpu_us", cpu * 1e6)
     if procs == 1 and not results:
         out.add("peak_rss", peak / MB)
 

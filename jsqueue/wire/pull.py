@@ -187,6 +187,8 @@ class Puller:
         self._sub: Any = None  # nats-py's Subscription, untyped
         self.held = 0  # slots in use: delivered to the worker and not yet released
         self.outstanding = 0  # requested from the server and not yet delivered
+        #: pull requests sent (a caller that sees it grow may let the loop send it now)
+        self.requests = 0
         self._stopping = False
         self._last_heard = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
@@ -293,6 +295,7 @@ class Puller:
             await self.connection.publish(
                 self._next_subject, json.dumps(request).encode(), reply=self._inbox
             )
+            self.requests += 1
         except Exception as exc:  # disconnected: the reconnect handler pulls again
             self.outstanding -= want
             log.debug("pull request for %s not sent: %r", self.queue, exc)

@@ -89,6 +89,8 @@ class Dispatch:
         self._parked: dict[Delivery, asyncio.TimerHandle] = {}
         self._by_priority: list[Lane] = []
         self._fill_due = False
+        #: runners that let the loop come round without waiting on I/O
+        self._yielding = 0
 
     # -- lanes ---------------------------------------------------------------------------------
 
@@ -200,6 +202,8 @@ class Dispatch:
 
     def _fill_now(self) -> None:
         self._fill_due = False
+        if self._yielding:
+            return  # a runner only let the loop send its pull request: it goes on after
         while self._start():
             pass
 
@@ -231,13 +235,29 @@ class Dispatch:
         own (see :mod:`jsqueue.worker.interrupt`), so nothing a task sets leaks to the next.
         """
         while True:
+            requests = lane.puller.requests
             await self._handle(lane, delivery)
             if self._stopping():
                 return
+            if lane.puller.requests != requests:
+                await self._let_pull()
             picked = self._next()
             if picked is None:
                 return
             lane, delivery = picked
+
+    async def _let_pull(self) -> None:
+        """Let the loop come round once, so that the pull request just made goes out now and
+        the next jobs arrive while this runner works through those already here (otherwise
+        it would leave only with the runner, and the worker wait a round trip for more).
+        A yield that is no wait on I/O: the deliveries still waiting stay this runner's."""
+        self._yielding += 1
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self._yielding -= 1
+        if any(lane.waiting for lane in self._by_priority):
+            self._fill_soon()  # should this runner's next job suspend, the rest start then
 
     async def _handle(self, lane: Lane, delivery: Delivery) -> None:
         again: float | None = None
