@@ -273,8 +273,9 @@ class Puller:
     @property
     def wants_more(self) -> bool:
         """Whether :meth:`refill` would ask: half the capacity is free, or all of it."""
-        free = self.capacity - self.held - self.outstanding
-        return free >= self._refill_at or (self.outstanding == self.held == 0 < free)
+        capacity, held, outstanding = self.capacity, self.held, self.outstanding
+        free = capacity - held - outstanding
+        return free >= (capacity // 2 or 1) or (outstanding == held == 0 < free)
 
     async def refill(self) -> None:
         """Ask for more if half the capacity is free (after :attr:`capacity` changed, say)."""

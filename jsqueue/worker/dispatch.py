@@ -89,6 +89,7 @@ class Dispatch:
         self._parked: dict[Delivery, asyncio.TimerHandle] = {}
         self._by_priority: list[Lane] = []
         self._fill_due = False
+        self._look_all = False
         #: runners that let the loop come round without waiting on I/O
         self._yielding = 0
 
@@ -115,6 +116,7 @@ class Dispatch:
         other lanes have work too, so that a free slot finds a job of each waiting and the
         turns can be kept), an idle one for one, a paused one for none; the budget bounds them
         together (see :meth:`_pull_room`)."""
+        self._look_all = True
         only = len(self.lanes) == 1
         busy = sum(1 for lane in self.lanes.values() if not lane.puller.idle and not lane.paused)
         share = self.concurrency + (max(1, self.concurrency // 2) if busy > 1 else 0)
@@ -316,14 +318,26 @@ class Dispatch:
 
     def _pull_room(self) -> int:
         used = sum(lane.puller.held + lane.puller.outstanding for lane in self.lanes.values())
-        return self.budget + len(self._parked) - used
+        room = self.budget + len(self._parked) - used
+        if room <= 0:
+            self._look_all = True  # a lane may be denied a pull: look at all of them later
+        return room
 
     async def _refill(self, first: Lane | None = None) -> None:
-        """Let lanes ask for more, ``first`` first, then by priority, within the budget."""
-        if first is not None and not first.paused and first.puller.wants_more:
-            if self._pull_room() <= 0:
+        """Let lanes ask for more, ``first`` first, then by priority, within the budget.
+
+        After a job of ``first``, the other lanes are looked at only if something since the
+        last look may have left one without a request: the budget denied a pull, or jobs were
+        handed back, or the lanes' caps changed (an idle lane's own request renews itself
+        when it expires)."""
+        if first is not None:
+            if not first.paused and first.puller.wants_more:
+                if self._pull_room() <= 0:
+                    return
+                await first.puller.refill()
+            if not self._look_all:
                 return
-            await first.puller.refill()
+        self._look_all = False
         for lane in self._by_priority:
             if lane is first or lane.paused or not lane.puller.wants_more:
                 continue
@@ -366,6 +380,8 @@ class Dispatch:
                 self.active.pop(delivery, None)
                 lane.puller.held -= 1
                 handed += 1
+        if handed:
+            self._look_all = True
         return handed
 
     async def drain(self, grace: float) -> None:
