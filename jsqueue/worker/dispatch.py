@@ -88,10 +88,8 @@ class Dispatch:
         #: parked deliveries -> the timer that puts them back in their lane
         self._parked: dict[Delivery, asyncio.TimerHandle] = {}
         self._by_priority: list[Lane] = []
-        self._fill_due = False
-        self._look_all = False
-        #: runners that let the loop come round without waiting on I/O
-        self._yielding = 0
+        self._fill_due, self._look_all = False, False
+        self._yielding = 0  # runners that let the loop come round without waiting on I/O
 
     # -- lanes ---------------------------------------------------------------------------------
 
@@ -175,15 +173,9 @@ class Dispatch:
         self._track(asyncio.get_running_loop().create_task(give_back()))
 
     def _fill(self) -> None:
-        """Start a slot's runner for the waiting deliveries now, and runners for whatever
-        still waits once the loop comes round.
-
-        A runner goes from job to job while its jobs complete without suspending, so under a
-        backlog of quick jobs one runner does what a task per job did. When the loop comes
-        round, every runner that could go on has suspended (its job waits on I/O): then each
-        delivery still waiting gets a runner of its own, up to the free slots, so a job never
-        waits on a free slot while the others wait on I/O.
-        """
+        """Start a runner now, and one for each delivery still waiting when the loop comes
+        round: by then every runner that could go on has suspended (its job waits on I/O), so
+        no job waits on a free slot while the others wait on I/O."""
         if self._start():
             self._fill_soon()
 
@@ -197,7 +189,7 @@ class Dispatch:
         self._track(asyncio.get_running_loop().create_task(self._run(*picked)))
         return True
 
-    def _fill_soon(self) -> None:
+    def _fill_soon(self) -> None:  # once the loop comes round
         if not self._fill_due:
             self._fill_due = True
             asyncio.get_running_loop().call_soon(self._fill_now)
@@ -230,12 +222,8 @@ class Dispatch:
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, lane: Lane, delivery: Delivery) -> None:
-        """One slot's runner: it runs the next waiting job, and the next, while there are.
-
-        A job that completes without suspending costs no asyncio task of its own: under a
-        backlog a slot's runner goes from job to job. Each job still runs in a context of its
-        own (see :mod:`jsqueue.worker.interrupt`), so nothing a task sets leaks to the next.
-        """
+        """A slot's runner: it goes from job to job while some wait, so a quick job costs no
+        task of its own; each job has a context of its own (:mod:`.interrupt`)."""
         while True:
             requests = lane.puller.requests
             await self._handle(lane, delivery)
@@ -249,10 +237,8 @@ class Dispatch:
             lane, delivery = picked
 
     async def _let_pull(self) -> None:
-        """Let the loop come round once, so that the pull request just made goes out now and
-        the next jobs arrive while this runner works through those already here (otherwise
-        it would leave only with the runner, and the worker wait a round trip for more).
-        A yield that is no wait on I/O: the deliveries still waiting stay this runner's."""
+        """Let the loop send the pull request just made, so the next jobs come while this
+        runner works on (no wait on I/O: what waits stays this runner's)."""
         self._yielding += 1
         try:
             await asyncio.sleep(0)
@@ -324,12 +310,8 @@ class Dispatch:
         return room
 
     async def _refill(self, first: Lane | None = None) -> None:
-        """Let lanes ask for more, ``first`` first, then by priority, within the budget.
-
-        After a job of ``first``, the other lanes are looked at only if something since the
-        last look may have left one without a request: the budget denied a pull, or jobs were
-        handed back, or the lanes' caps changed (an idle lane's own request renews itself
-        when it expires)."""
+        """Let lanes ask for more, ``first`` first, then by priority, within the budget; the
+        others only if one may have been left without a request since the last look."""
         if first is not None:
             if not first.paused and first.puller.wants_more:
                 if self._pull_room() <= 0:

@@ -7,6 +7,7 @@ a suspect, run alone until its worker has died ``CRASHES_ALONE`` times while it 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from jsqueue import outcome
@@ -87,3 +88,30 @@ def crashes_alone(recorded: Outcome | None, delivery: int) -> int:
         return 0
     before = recorded.record.get("crashes_alone", 0)
     return (before if isinstance(before, int) else 0) + 1
+
+
+class Settlements:
+    """The ids of the jobs running here; a redelivery of one waits until it is settled. The
+    event to wait on is made only when one waits (most jobs are never delivered twice)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event | None] = {}
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._events
+
+    def begin(self, job_id: str) -> None:
+        self._events[job_id] = None
+
+    async def wait(self, job_id: str) -> None:
+        if job_id not in self._events:
+            return
+        event = self._events[job_id]
+        if event is None:
+            event = self._events[job_id] = asyncio.Event()
+        await event.wait()
+
+    def end(self, job_id: str) -> None:
+        event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()

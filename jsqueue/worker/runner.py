@@ -90,8 +90,8 @@ class JobRunner:
         self.park_room = park_room
         #: job id -> (task, queue, wall-clock start, attempt) of the jobs running now
         self.running: dict[str, tuple[str, str, float, int]] = {}
-        #: job id -> set once the delivery running it here is settled (made when one waits)
-        self._settled: dict[str, asyncio.Event | None] = {}
+        #: the jobs running here, to be waited for by a redelivery of one
+        self._settled = intake.Settlements()
 
     async def process(self, delivery: Delivery) -> float | None:
         """Decode, run and settle one delivery; only a transient server failure propagates.
@@ -112,9 +112,7 @@ class JobRunner:
             if job.gate is not None:
                 self.executor.gate.leave(alone=job.gate)
             if job.owns_run and job.env is not None:
-                settled = self._settled.pop(job.env.id, None)
-                if settled is not None:
-                    settled.set()
+                self._settled.end(job.env.id)
             if job.slot is not None:
                 self.admission.release(job.slot)
         return None
@@ -170,10 +168,7 @@ class JobRunner:
         attempt = delivery.attempt
         running_here = env.id in self._settled
         if running_here:  # a redelivery of a job this worker runs now
-            settled = self._settled[env.id]
-            if settled is None:
-                settled = self._settled[env.id] = asyncio.Event()
-            await settled.wait()
+            await self._settled.wait(env.id)
         recorded = None
         # a copy sent again (Jsq-Attempt) may follow an original whose ack was lost after it ran
         if attempt > 1 or running_here or ATTEMPT_HEADER in delivery.headers:
@@ -280,7 +275,7 @@ class JobRunner:
         assert env is not None
         assert task is not None
         self.running[env.id] = (env.task, env.queue, time.time(), delivery.attempt)
-        self._settled[env.id] = None
+        self._settled.begin(env.id)
         job.owns_run = True
         try:
             if task.track_started and not task.options.ignore_result and not job.alone:
