@@ -167,6 +167,7 @@ def markdown(doc: dict[str, Any], results: list[PeerResult], png: str) -> str:
             else:
                 cells.append(cell(stat, digits))
         lines.append(f"| {r.title} | " + " | ".join(cells) + " |")
+    lines += targets(results)
     lines += ["", f"![chart]({png})", "", "## How it was measured", ""]
     lines += [
         f"- **enqueue loop**: {sizes['loop']:,} jobs, one `await`ed (or blocking) enqueue call "
@@ -214,6 +215,77 @@ def markdown(doc: dict[str, Any], results: list[PeerResult], png: str) -> str:
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in doc["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+#: (what, numerator (peer, metric), denominator (peer, metric), how it reads, target)
+RATIOS: list[tuple[str, tuple[str, str], tuple[str, str], str, str]] = [
+    ("drain, 1 proc", ("jsqueue", "drain_1"), ("raw-loop", "drain_1"), "x", ">= 0.50"),
+    ("drain, 1 proc", ("jsqueue", "drain_1"), ("raw", "drain_1"), "x", "about 2"),
+    (
+        "workers' CPU a job, 1 proc",
+        ("raw-loop", "drain_1_cpu_us"),
+        ("jsqueue", "drain_1_cpu_us"),
+        "x",
+        ">= 0.50",
+    ),
+    (
+        "drain with results / plain drain",
+        ("jsqueue", "drain_results"),
+        ("jsqueue", "drain_1"),
+        "x",
+        ">= 0.55",
+    ),
+    ("drain, 2 procs / 1 proc", ("jsqueue", "drain_2"), ("jsqueue", "drain_1"), "x", ">= 1.5"),
+    (
+        "latency p50 minus the loop's",
+        ("jsqueue", "latency_p50"),
+        ("raw-loop", "latency_p50"),
+        "-",
+        "<= 0.2 ms",
+    ),
+    ("latency p99", ("jsqueue", "latency_p99"), ("raw-loop", "latency_p99"), "x", "<= 1.5"),
+    (
+        "enqueue loop (delay() / js.publish with Nats-Msg-Id)",
+        ("jsqueue", "enqueue_loop"),
+        ("raw-loop", "enqueue_loop"),
+        "x",
+        ">= 0.95",
+    ),
+]
+
+
+def targets(results: list[PeerResult]) -> list[str]:
+    """jsqueue against the ceilings of the same run: each ratio from the two medians, and
+    the range of the ratios of the repetitions taken pairwise (rep 1 with rep 1...)."""
+    by_key = {r.key: r for r in results if not r.skipped}
+    rows = []
+    for what, (pn, mn), (pd, md), how, target in RATIOS:
+        top = by_key.get(pn) and by_key[pn].metrics.get(mn)
+        bottom = by_key.get(pd) and by_key[pd].metrics.get(md)
+        if not top or not bottom:
+            continue
+        pairs = [_ratio(a, b, how) for a, b in zip(top.samples, bottom.samples, strict=False)]
+        unit = " ms" if how == "-" else "x"
+        spread = f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else ""
+        median = _ratio(top.median, bottom.median, how)
+        rows.append(f"| {what} | {pn} {mn} vs {pd} {md} | {median:.2f}{unit}{spread} | {target} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "jsqueue against the ceilings, in this run (ratio of the medians; in brackets the range "
+        "of the ratios of repetitions taken pairwise):",
+        "",
+        "| what | of | ratio | target |",
+        "| --- | --- | ---: | --- |",
+        *rows,
+    ]
+
+
+def _ratio(a: float, b: float, how: str) -> float:
+    if how == "-":
+        return a - b
+    return a / b if b else math.nan
 
 
 def chart(results: list[PeerResult], sizes: dict[str, Any], path: Path) -> None:
