@@ -1,5 +1,6 @@
 """The README's commands and tour, the examples and the Procfile system, run for real."""
 
+import itertools
 import os
 import re
 import signal
@@ -78,7 +79,9 @@ def test_readme_commands_are_what_ci_runs() -> None:
 
 def test_readme_benchmark_table_is_the_latest_run() -> None:
     latest = (ROOT / "bench" / "results" / "latest.md").read_text()
-    table = [line for line in latest.splitlines() if line.startswith("|")]
+    lines = latest.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines[first:]))
     shown = README.split("<!-- bench:table -->\n", 1)[1].splitlines()[: len(table)]
     assert len(table) > 3  # heading, rule and at least jsqueue and one peer
     assert shown == table, "README's benchmark table differs from bench/results/latest.md"
