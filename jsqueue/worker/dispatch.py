@@ -157,10 +157,7 @@ class Dispatch:
             lane.turn = max(lane.turn, self._clock)  # no credit for the time it had no work
         lane.waiting.append(delivery)
         self.active[delivery] = delivery.received
-        if self.running == 0:
-            self._fill()  # nothing runs that could take it: start it now
-        else:
-            self._fill_soon()
+        (self._fill if self.running == 0 else self._fill_soon)()  # idle: start it now
 
     def on_late(self, delivery: Delivery) -> None:
         """A job that arrived after we stopped pulling: give it back at once."""
@@ -173,14 +170,12 @@ class Dispatch:
         self._track(asyncio.get_running_loop().create_task(give_back()))
 
     def _fill(self) -> None:
-        """Start a runner now, and one for each delivery still waiting when the loop comes
-        round: by then every runner that could go on has suspended (its job waits on I/O), so
-        no job waits on a free slot while the others wait on I/O."""
+        """Start a runner now, and one for each delivery still waiting when the loop comes round
+        (every runner that could go on has then suspended: no job waits on a free slot)."""
         if self._start():
             self._fill_soon()
 
     def _start(self) -> bool:
-        """Start a runner for the next waiting delivery, if a slot is free."""
         if self._stopping() or self.running >= self.concurrency:
             return False
         picked = self._next()
@@ -222,23 +217,18 @@ class Dispatch:
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, lane: Lane, delivery: Delivery) -> None:
-        """A slot's runner: it goes from job to job while some wait, so a quick job costs no
-        task of its own; each job has a context of its own (:mod:`.interrupt`)."""
+        """A slot's runner: job after job, no task each; a context each (:mod:`.interrupt`)."""
         while True:
             requests = lane.puller.requests
             await self._handle(lane, delivery)
-            if self._stopping():
-                return
             if lane.puller.requests != requests:
                 await self._let_pull()
-            picked = self._next()
-            if picked is None:
+            if self._stopping() or (picked := self._next()) is None:
                 return
             lane, delivery = picked
 
     async def _let_pull(self) -> None:
-        """Let the loop send the pull request just made, so the next jobs come while this
-        runner works on (no wait on I/O: what waits stays this runner's)."""
+        """Let the loop send the pull request just made (what waits stays this runner's)."""
         self._yielding += 1
         try:
             await asyncio.sleep(0)
@@ -310,8 +300,7 @@ class Dispatch:
         return room
 
     async def _refill(self, first: Lane | None = None) -> None:
-        """Let lanes ask for more, ``first`` first, then by priority, within the budget; the
-        others only if one may have been left without a request since the last look."""
+        """Let lanes ask for more within the budget, ``first`` first (the others by priority)."""
         if first is not None:
             if not first.paused and first.puller.wants_more:
                 if self._pull_room() <= 0:
