@@ -48,6 +48,19 @@ async def test_a_spinning_task_is_killed_at_its_limit_and_a_fresh_child_follows(
     assert next_pid != spin_pid
 
 
+async def test_the_worker_wide_time_limit_kills_a_child_too(procapp: App, tmp_path: Path) -> None:
+    spin = task(procapp, "spin_forever")  # sets no limit of its own
+    async with procapp:
+        spinning = await spin.delay(str(tmp_path))  # type: ignore[attr-defined]
+        args = ("--pool", "process", "-c", "1", "--time-limit", "1")
+        with (
+            worker(procapp, tmp_path, *args),
+            pytest.raises(TaskFailed, match="TimeLimitExceeded") as failed,
+        ):
+            await spinning.get(timeout=30)
+    assert "time_limit of 1" in failed.value.remote_message
+
+
 async def test_children_are_recycled_after_n_tasks_and_above_a_memory_limit(
     procapp: App, tmp_path: Path
 ) -> None:

@@ -518,3 +518,28 @@ async def test_expired_job_is_skipped(jsq_app: App) -> None:
         assert await job.state() is JobState.EXPIRED
         assert await dead(jsq_app) == []
     assert ran == []
+
+
+def test_process_pool_options_default_to_the_cpus_and_refuse_what_a_child_cannot_import() -> None:
+    import os
+    import types
+
+    from jsqueue import ConfigError
+
+    app = App("p")
+    main = types.FunctionType(compile("def f(): pass", "<x>", "exec").co_consts[0], {})
+    main.__module__ = "__main__"
+    app.task(name="in_main")(main)
+    with pytest.raises(ConfigError, match=r"in_main are defined in __main__.*-A module:app"):
+        Worker(app, pool="process")
+    lost = App("q")
+
+    @lost.task(name="elsewhere")
+    def elsewhere() -> None: ...
+
+    # the app is not an attribute of the module that defines its tasks (built in a function)
+    with pytest.raises(ConfigError, match=r"pass app_spec='module:attribute'"):
+        Worker(lost, pool="process")
+    worker = Worker(lost, pool="process", app_spec="somewhere:app")
+    assert worker.concurrency == len(os.sched_getaffinity(0))  # one child per usable CPU
+    assert Worker(lost).concurrency == 32  # the thread pool's default
