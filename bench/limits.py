@@ -55,13 +55,16 @@ async def run_case(
             group_env = {**env, **rec.env}
             commands = [worker_command(url, 16) for _ in range(workers)]
             with WorkerGroup(commands, group_env) as group:
+                await rec.wait(1, timeout, group.check_alive)
+                cpu, first = group.cpu_seconds(), rec.count()  # from the first job on
                 await rec.wait(jobs, timeout, group.check_alive)
+                cpu_us = (group.cpu_seconds() - cpu) / max(1, jobs - first) * 1e6
             records = rec.check(range(jobs))
             broker = await app.broker()
             await broker.streams.destroy_prefix()
     starts = sorted(records.started.values())
     return {"task": task, "jobs": jobs, "workers": workers, "starts": starts,
-            "drain_per_s": records.rate()}  # fmt: skip
+            "drain_per_s": records.rate(), "cpu_us": cpu_us}  # fmt: skip
 
 
 def window_rate(starts: list[float], skip: float = 1.0, span: float = 10.0) -> float:
@@ -81,13 +84,17 @@ async def main(quick: bool) -> None:
             for _ in range(reps):
                 case = await run_case(server.url, "limited", jobs, 3, env, 120)
                 got = window_rate(case["starts"], span=span)
-                out["accuracy"].append({"limit": rate, "measured": got, "ratio": got / rate})
+                out["accuracy"].append(
+                    {"limit": rate, "measured": got, "ratio": got / rate, "cpu_us": case["cpu_us"]}
+                )
                 print(f"rate {rate:g}/s, 3 workers: {got:.1f}/s ({got / rate:.3f}x)", flush=True)
         jobs = 3000 if quick else 20000
         for _ in range(reps):
             for task in ("plain", "capped"):
                 case = await run_case(server.url, task, jobs, 1, {"BENCH_CAP": "10000"}, 300)
-                out["cost"].append({"task": task, "drain_per_s": case["drain_per_s"]})
+                out["cost"].append(
+                    {"task": task, "drain_per_s": case["drain_per_s"], "cpu_us": case["cpu_us"]}
+                )
                 print(f"drain {task}: {case['drain_per_s']:.0f} jobs/s", flush=True)
     plain = statistics.median(c["drain_per_s"] for c in out["cost"] if c["task"] == "plain")
     capped = statistics.median(c["drain_per_s"] for c in out["cost"] if c["task"] == "capped")
@@ -107,6 +114,15 @@ async def main(quick: bool) -> None:
             f"first second | {min(ratios) * rate:.1f}-{max(ratios) * rate:.1f}/s "
             f"({min(ratios):.3f}-{max(ratios):.3f}x the limit) | within 10% |"
         )
+    plain_cpu = statistics.median(c["cpu_us"] for c in out["cost"] if c["task"] == "plain")
+    capped_cpu = statistics.median(c["cpu_us"] for c in out["cost"] if c["task"] == "capped")
+    limited_cpu = statistics.median(a["cpu_us"] for a in out["accuracy"] if a["limit"] == 500.0)
+    lines.append(
+        f"| workers' CPU per job: plain {plain_cpu:.0f} us, `max_concurrency` {capped_cpu:.0f} us, "
+        f'`rate_limit="500/s"` (3 workers, held) {limited_cpu:.0f} us | '
+        f"cap {capped_cpu / plain_cpu:.2f}x, rate limit {limited_cpu / plain_cpu:.2f}x of plain "
+        "| report |"
+    )
     lines.append(
         f"| no-op drain, 1 worker -c 16, `max_concurrency=10000` (never binding) against none "
         f"| {capped:.0f} vs {plain:.0f} jobs/s ({capped / plain:.2f}x; "
