@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ from bench import report, scenarios
 from bench.peers.pool_variants import CeleryPrefork, JsqueueProcess, JsqueueThread, PoolPeer
 from bench.procs import WorkerGroup
 from bench.recording import Recording
+from bench.runinfo import commit, load, say
 from bench.scenarios import MB, Samples, fill, wait
 from bench.servers import bundled_nats
 from bench.work import calibrate
@@ -46,30 +45,6 @@ class PoolSizes:
 
 
 QUICK = PoolSizes(cpu_jobs=40, noop_jobs=1_000, latency=50, repeats=1)
-
-
-def commit() -> str:
-    """The commit of the checkout measured (with "+changes" if its tree differs)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "jsqueue"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return f"{head}{' +changes' if dirty else ''}" or "?"
-
-
-def load() -> str:
-    """The machine's load average: on 2 shared cores, what the other tenants took."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 async def drain(peer: PoolPeer, jobs: int, *, costs: Samples | None = None) -> float:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from bench.peers import jsqueue_queues as tasks
 from bench.peers.base import python_m
 from bench.procs import WorkerGroup
 from bench.recording import Recording
+from bench.runinfo import commit, load, say
 from bench.scenarios import Samples, percentile, timeout_for
 from bench.servers import bundled_nats, nats_url
 from jsqueue.config import PRIORITY_NORMAL
@@ -55,30 +54,6 @@ class QueueSizes:
 QUICK = QueueSizes(
     backlog=2_000, probes=10, priority_runs=1, drain=2_000, retrying=2_000, repeats=1
 )
-
-
-def commit() -> str:
-    """The commit of the checkout measured (with "+changes" if its tree differs)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "jsqueue"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return f"{head}{' +changes' if dirty else ''}" or "?"
-
-
-def load() -> str:
-    """The machine's load average: on 2 shared cores, what the other tenants took."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def worker(concurrency: int) -> list[list[str]]:

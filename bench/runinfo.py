@@ -1,0 +1,32 @@
+"""What every benchmark mode prints and records about its run: the commit, the load, a line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+
+def commit() -> str:
+    """The commit of the checkout measured (with "+changes" if its tree differs)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "jsqueue"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return f"{head}{' +changes' if dirty else ''}" or "?"
+
+
+def load() -> str:
+    """The machine's load average: on 2 shared cores, what the other tenants took."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
