@@ -64,12 +64,8 @@ async def reserve_starts(store: KvStore, task: str, rate: Rate, count: int = 1) 
         tat = _load(entry.value).get("tat") if entry is not None else None
         known = tat if isinstance(tat, int | float) else None
         start, new_tat = reserve(known, time.time(), rate.interval * count)
-        value = _dump({"tat": new_tat})
         try:
-            if entry is None:
-                await store.create(key, value)
-            else:
-                await store.update(key, value, entry.revision)
+            await store.swap(key, _dump({"tat": new_tat}), entry)
         except KeyExists:
             continue  # another worker reserved first: read its time and go after it
         return [start + i * rate.interval for i in range(count)]
@@ -95,20 +91,10 @@ async def hold_slots(
         if held > 0:
             holders[worker] = {"n": held, "at": now}
         try:
-            if entry is None:
-                await store.create(key, _dump(holders))
-            else:
-                await store.update(key, _dump(holders), entry.revision)
+            await store.swap(key, _dump(holders), entry)
         except KeyExists:
             continue
         return held
-
-
-async def held_slots(store: KvStore, task: str, stale: float) -> dict[str, int]:
-    """worker -> the slots of ``task`` it holds now."""
-    entry = await store.get(f"conc.{task}")
-    holders = live_holders(_load(entry.value), time.time(), stale) if entry else {}
-    return {worker: slots_of(held) for worker, held in holders.items()}
 
 
 # -- unique jobs ---------------------------------------------------------------------------

@@ -135,6 +135,13 @@ class KvStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise KeyExists(f"{self.bucket}: {key} changed since revision {last}") from None
 
+    async def swap(self, key: str, value: bytes, seen: Entry | None) -> int:
+        """Write ``key`` only if it is still as read: absent (``seen`` None) or at ``seen``'s
+        revision; :class:`KeyExists` otherwise (read it again and retry)."""
+        if seen is None:
+            return await self.create(key, value)
+        return await self.update(key, value, seen.revision)
+
     @translated
     async def put(self, key: str, value: bytes) -> int:
         return await self._kv.put(key, value)
