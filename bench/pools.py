@@ -20,15 +20,14 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bench import report, scenarios
+from bench import scenarios
 from bench.peers.pool_variants import CeleryPrefork, JsqueueProcess, JsqueueThread, PoolPeer
 from bench.procs import WorkerGroup
 from bench.recording import Recording
-from bench.runinfo import commit, load, say
+from bench.runinfo import run_doc, say
 from bench.scenarios import MB, Samples, fill, wait
 from bench.servers import bundled_nats
 from bench.work import calibrate
@@ -181,19 +180,7 @@ def met(values: list[float], target: str | None) -> str:
 
 
 def write(out_dir: Path, sizes: PoolSizes, out: Samples, *, quick: bool, seconds: float) -> None:
-    doc: dict[str, Any] = {
-        "sizes": asdict(sizes),
-        "quick": quick,
-        "seconds": round(seconds),
-        "machine": {
-            **report.machine(),
-            "load average at the end (1, 5, 15 min)": load(),
-            "jsqueue commit": commit(),
-        },
-        "versions": report.versions(),
-        "samples": out.values,
-        "errors": out.errors,
-    }
+    doc = run_doc(sizes, out, quick=quick, seconds=seconds)
     lines = [
         "# Pools: jsqueue's process and thread pools beside Celery prefork, 2 slots each",
         "",

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -66,17 +66,22 @@ class WorkerGroup:
         self._sampler.start()
         return self
 
-    def rss(self) -> int:
-        """Resident memory of every worker process and its children now, in bytes."""
-        total = 0
+    def _families(self) -> Iterator[tuple[int, list[psutil.Process]]]:
+        """Each worker's pid with its process and all its descendants (the gone skipped)."""
         for proc in self.procs:
             try:
                 root = psutil.Process(proc.pid)
-                for p in [root, *root.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error):
-                        total += p.memory_info().rss
+                yield proc.pid, [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
+
+    def rss(self) -> int:
+        """Resident memory of every worker process and its children now, in bytes."""
+        total = 0
+        for _, family in self._families():
+            for p in family:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
         return total
 
     def memory(self) -> tuple[int, int]:
@@ -84,12 +89,7 @@ class WorkerGroup:
         shared page to the processes sharing it in equal parts, so it is what a pool of forked
         children really costs; RSS counts a shared page once per process."""
         rss = pss = 0
-        for proc in self.procs:
-            try:
-                root = psutil.Process(proc.pid)
-                family = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
+        for _, family in self._families():
             for p in family:
                 with contextlib.suppress(psutil.Error):
                     info = p.memory_full_info()
@@ -106,17 +106,12 @@ class WorkerGroup:
     def cpu_split(self) -> tuple[float, float]:
         """:meth:`cpu_seconds` as (the worker processes themselves, their descendants)."""
         own = descendants = 0.0
-        for proc in self.procs:
-            try:
-                root = psutil.Process(proc.pid)
-                family = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
+        for pid, family in self._families():
             for p in family:
                 with contextlib.suppress(psutil.Error):
                     t = p.cpu_times()
                     used = t.user + t.system + t.children_user + t.children_system
-                    if p.pid == proc.pid:
+                    if p.pid == pid:
                         own += t.user + t.system
                         descendants += t.children_user + t.children_system
                     else:

@@ -18,16 +18,14 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bench import report
 from bench.peers import jsqueue_queues as tasks
 from bench.peers.base import python_m
 from bench.procs import WorkerGroup
 from bench.recording import Recording
-from bench.runinfo import commit, load, say
+from bench.runinfo import run_doc, say
 from bench.scenarios import Samples, percentile, timeout_for
 from bench.servers import bundled_nats, nats_url
 from jsqueue.config import PRIORITY_NORMAL
@@ -185,19 +183,7 @@ def stat(values: list[float], digits: int) -> str:
 
 
 def write(out_dir: Path, sizes: QueueSizes, out: Samples, *, quick: bool, seconds: float) -> None:
-    doc: dict[str, Any] = {
-        "sizes": asdict(sizes),
-        "quick": quick,
-        "seconds": round(seconds),
-        "machine": {
-            **report.machine(),
-            "load average at the end (1, 5, 15 min)": load(),
-            "jsqueue commit": commit(),
-        },
-        "versions": report.versions(),
-        "samples": out.values,
-        "errors": out.errors,
-    }
+    doc = run_doc(sizes, out, quick=quick, seconds=seconds)
     v = out.values
     p50, p99 = v.get("priority p50", []), v.get("priority p99", [])
     share = v.get("drain retrying/plain", [])

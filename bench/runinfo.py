@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.scenarios import Samples
 
 
 def commit() -> str:
@@ -30,3 +35,20 @@ def load() -> str:
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_doc(sizes: Any, out: Samples, *, quick: bool, seconds: float) -> dict[str, Any]:
+    """The JSON a bench mode writes: its sizes, the machine, the load, the commit, the samples."""
+    return {
+        "sizes": asdict(sizes),
+        "quick": quick,
+        "seconds": round(seconds),
+        "machine": {
+            **report.machine(),
+            "load average at the end (1, 5, 15 min)": load(),
+            "jsqueue commit": commit(),
+        },
+        "versions": report.versions(),
+        "samples": out.values,
+        "errors": out.errors,
+    }
