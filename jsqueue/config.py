@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 from urllib.parse import urlsplit, urlunsplit
@@ -271,6 +272,23 @@ def check_queue(queue: str) -> str:
             f"queue name {queue!r} must be 1-64 letters, digits, '_' or '-' (it becomes a subject)"
         )
     return queue
+
+
+def remembering(check: Callable[[Any], Any], size: int = 1024) -> Callable[[Any], Any]:
+    """``check`` (a pure check that returns what passed or raises) that remembers up to
+    ``size`` strings it passed: a set look-up, not a regex, for the names a process sends or
+    receives again and again (its queues, its notify subjects)."""
+    passed: set[str] = set()
+
+    def checked(value: Any) -> Any:
+        if type(value) is str and value in passed:
+            return value
+        result = check(value)
+        if type(result) is str and len(passed) < size:
+            passed.add(result)
+        return result
+
+    return checked
 
 
 #: The rule for job ids, as error messages state it.

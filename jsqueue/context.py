@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,14 +87,28 @@ def set_current(
 
 def sink_to(report: ReportCallback | None, job_id: str, later: progress.Later) -> Sink | None:
     """A sink that hands ``job_id``'s reports to ``report(job_id, "progress", data)`` (a
-    pool's ``on_report``) at most four times a second."""
+    pool's ``on_report``) at most four times a second. What keeps the pace is made at the
+    first report: most jobs never report."""
     if report is None:
         return None
+    latest: progress.Latest[progress.Progress] | None = None
 
     def deliver(item: progress.Progress) -> None:
         report(job_id, "progress", item.to_dict())
 
-    return progress.Latest(0.25, deliver, later).offer
+    def sink(item: progress.Progress) -> None:
+        nonlocal latest
+        if latest is None:
+            with _first_report:  # reports may come from the task's threads
+                if latest is None:
+                    latest = progress.Latest(0.25, deliver, later)
+        latest.offer(item)
+
+    return sink
+
+
+#: held while a sink makes what keeps its pace (once per job that reports at all)
+_first_report = threading.Lock()
 
 
 def reset_current(token: contextvars.Token[_Running]) -> None:

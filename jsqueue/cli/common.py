@@ -87,7 +87,11 @@ def wait_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.FloatRange(min=0),
         default=0.0,
         show_default=True,
-        help="Seconds to wait for an unreachable NATS server at start.",
+        help=(
+            "Seconds to wait for an unreachable NATS server at start. A worker that reaches "
+            "one whose JetStream does not answer yet (a cluster electing) waits up to 60 s "
+            "for it, or this long if longer."
+        ),
     )(func)
 
 

@@ -51,6 +51,15 @@ log = logging.getLogger("jsqueue.cli")
     "[default: the CPU count].",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Jobs held beyond -c, waiting for a free slot, so that the next job needs no round "
+    "trip to the server; 0 for long jobs, so that each waits for whichever worker is free "
+    "first. [default: as many as -c with --pool process, 0 with --pool thread]",
+)
+@click.option(
     "--pool",
     type=click.Choice(["thread", "process"]),
     default="thread",
@@ -108,6 +117,7 @@ def worker(
     log_level: str,
     queues: str | None,
     concurrency: int | None,
+    prefetch: int | None,
     pool: str,
     time_limit: float | None,
     soft_time_limit: float | None,
@@ -153,6 +163,7 @@ def worker(
             app,
             queues=queue_list,
             concurrency=concurrency,
+            prefetch=prefetch,
             burst=burst,
             grace=grace,
             worker_id=worker_id,

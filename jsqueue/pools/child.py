@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import forkserver
@@ -41,7 +42,16 @@ from jsqueue.context import current_job, reset_current, set_current, sink_to
 from jsqueue.errors import NotRegistered, SerializeError, SoftTimeLimitExceeded
 from jsqueue.middleware import child_started, child_stopped, run_job_sync
 from jsqueue.pools import protocol
-from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Message, Ready, Report, RunJob
+from jsqueue.pools.protocol import (
+    ChildConfig,
+    ChildJob,
+    Done,
+    Message,
+    Ready,
+    Report,
+    RunJob,
+    Skip,
+)
 from jsqueue.task import Task
 
 _PR_SET_PDEATHSIG = 1
@@ -83,11 +93,21 @@ class _Channel:
         brings a whole frame, header and body."""
         header = protocol.header_size()
         self._fill(header)
-        size = header + protocol.body_size(bytes(self._buffer[:header]))
-        self._fill(size)
-        payload = bytes(self._buffer[header:size])
-        del self._buffer[:size]
-        return protocol.parse(payload)
+        self._fill(header + protocol.body_size(bytes(self._buffer[:header])))
+        message = protocol.take(self._buffer)
+        assert message is not None  # a whole frame is in the buffer
+        return message
+
+    def arrived(self) -> list[Message]:
+        """The messages that have arrived whole, without waiting for more (a Skip the parent
+        sent while the job before ran)."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while chunk := self._sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT):
+                self._buffer += chunk
+        messages = []
+        while (message := protocol.take(self._buffer)) is not None:
+            messages.append(message)
+        return messages
 
     def _fill(self, size: int) -> None:
         while len(self._buffer) < size:
@@ -145,11 +165,24 @@ def serve(sock: socket.socket, config: ChildConfig) -> None:
         _state.track_memory = config.track_memory
         child_started(app.middleware)
         channel.send(Ready(os.getpid()))
+        waiting: deque[Message] = deque()  # arrived behind the job it runs next
+        skipped: set[str] = set()
         while True:
-            message = channel.receive()
+            message = waiting.popleft() if waiting else channel.receive()
+            for later in channel.arrived():  # a Skip of this very job may be among them
+                if isinstance(later, Skip):
+                    skipped.add(later.job_id)
+                else:
+                    waiting.append(later)
+            if isinstance(message, Skip):
+                skipped.add(message.job_id)
+                continue
             if not isinstance(message, RunJob):
                 child_stopped(app.middleware)
                 return  # Stop, or nonsense: either way this child is done
+            if message.job_id in skipped:
+                skipped.discard(message.job_id)
+                continue  # terminated before it started: the parent settled it
             channel.send(_run(app, message, config.worker_id))
     except (EOFError, OSError):
         return  # the parent is gone or closed the channel: nobody is left to tell

@@ -129,12 +129,7 @@ class ChildHandle:
 
     def _buffered(self) -> Message | None:
         """The first whole message in the buffer, taken out of it; None if there is none yet."""
-        size = protocol.frame_size(self._buffer)
-        if size is None or len(self._buffer) < size:
-            return None
-        payload = bytes(memoryview(self._buffer)[protocol.header_size() : size])
-        del self._buffer[:size]
-        return protocol.parse(payload)
+        return protocol.take(self._buffer)
 
     async def send(self, message: Message) -> None:
         """Write a message; wait only while the socket's buffer is full (OSError if the child
@@ -142,6 +137,10 @@ class ChildHandle:
         self._writer.write(protocol.frame(message))
         if self._writer.transport.get_write_buffer_size():
             await self._writer.drain()
+
+    def post(self, message: Message) -> None:
+        """Write a message without waiting (the socket's buffer takes it)."""
+        self._writer.write(protocol.frame(message))
 
     def stop(self, grace: float) -> None:
         """Ask an idle child to exit; SIGKILL it if it has not after ``grace`` seconds."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from jsqueue.errors import PoolClosed, RemoteError, SerializeError
 from jsqueue.pools import protocol
-from jsqueue.pools.protocol import ChildJob, Done
+from jsqueue.pools.protocol import ChildJob, Done, RunJob
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,19 @@ class ChildInfo:
 
 @dataclass
 class Busy:
+    """A job handed to a child: running there, or next in its socket (``started`` is 0 until
+    the child starts it)."""
+
     job: ChildJob
     future: asyncio.Future[ChildOutcome]
     started: float  # Unix seconds, for ChildInfo
     began: float  # loop time, for durations
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     kill_reason: BaseException | None = None
+    #: called once when the child starts the job
+    on_start: Callable[[], None] | None = None
+    #: the frame that hands the job over (sent again if its child dies before starting it)
+    message: RunJob | None = None
 
     @property
     def label(self) -> str:

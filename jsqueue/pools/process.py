@@ -17,11 +17,10 @@ module) is imported in each child as ``__mp_main__``: guard its entry point.
 Nobody outlives the worker: the forkserver exits when the worker dies, however it dies, and
 each child arms ``PR_SET_PDEATHSIG`` against the forkserver (see :mod:`jsqueue.pools.child`).
 
-Time limits are the parent's timers: at ``soft_time_limit`` it sends the child SIGUSR1 (the
-child raises ``SoftTimeLimitExceeded`` in the task), at ``time_limit`` SIGKILL. There is no
-heartbeat: the socket's EOF and the sentinel tell the parent the moment a child dies; a child
-that lives but hangs is what the limits are for, and a heartbeat from a thread in the child
-would prove only that the process exists. Task code can :func:`jsqueue.pools.child.report`.
+Time limits are the parent's timers (:mod:`jsqueue.pools.assign`): SIGUSR1 at the soft one
+(the child raises ``SoftTimeLimitExceeded`` in the task), SIGKILL at the hard one. No heartbeat:
+the socket's EOF and the sentinel tell the parent the moment a child dies, and a hung child is
+what the limits are for. Task code can :func:`jsqueue.pools.child.report`.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ import contextlib
 import logging
 import os
 import sys
-import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from jsqueue.context import ReportCallback
@@ -43,9 +42,9 @@ from jsqueue.errors import (
     PoolClosed,
     SerializeError,
     Terminated,
-    TimeLimitExceeded,
 )
 from jsqueue.pools import protocol
+from jsqueue.pools.assign import Assignments
 from jsqueue.pools.handle import ChildHandle, describe_exit, launch, preload_modules
 from jsqueue.pools.outcome import Busy, ChildInfo, ChildOutcome, closed_before, from_done
 from jsqueue.pools.protocol import ChildConfig, ChildJob, Done, Report, RunJob
@@ -61,10 +60,8 @@ _RETRY_FIRST, _RETRY_MAX = 0.5, 30.0
 
 class ProcessPool:
     """``size`` child processes that import ``app_spec`` ("module:attr") and run jobs.
-
     ``max_tasks_per_child`` and ``max_memory_per_child`` (MB resident after a job) replace a
-    child once it reaches them; ``on_report(job_id, kind, data)`` receives what tasks report.
-    """
+    child once it reaches them; ``on_report(job_id, kind, data)`` receives what tasks report."""
 
     kind = "process"
 
@@ -96,7 +93,7 @@ class ProcessPool:
         self._start_timeout = start_timeout
         self._live: dict[ChildHandle, None] = {}  # in service, idle or busy, in start order
         self._idle: deque[ChildHandle] = deque()
-        self._busy: dict[ChildHandle, Busy] = {}
+        self._jobs = Assignments(max_tasks_per_child)  # which job each child runs, and next
         self._retiring: set[ChildHandle] = set()
         self._waiters: deque[asyncio.Future[ChildHandle | None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()  # readers and replacements
@@ -110,7 +107,7 @@ class ProcessPool:
         return self._size
 
     def __repr__(self) -> str:
-        return f"<ProcessPool {self._spec} size={self._size} busy={len(self._busy)}>"
+        return f"<ProcessPool {self._spec} size={self._size} busy={len(self._jobs.running)}>"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -145,9 +142,10 @@ class ProcessPool:
             await asyncio.gather(*list(self._refills), return_exceptions=True)
         stopping = [*self._live, *self._retiring]
         for handle in stopping:
-            busy = self._busy.get(handle)
+            busy = self._jobs.running.get(handle)
             if kill and busy is not None:
-                self._kill(handle, busy, PoolClosed(f"the pool was killed while {busy.label} ran"))
+                reason = PoolClosed(f"the pool was killed while {busy.label} ran")
+                self._jobs.kill(handle, busy, reason)
             elif kill:
                 handle.kill()
             elif busy is None:
@@ -161,9 +159,16 @@ class ProcessPool:
 
     # -- running jobs --------------------------------------------------------------------------
 
-    async def run(self, job: ChildJob) -> ChildOutcome:
+    async def run(
+        self, job: ChildJob, *, ahead: bool = False, on_start: Callable[[], None] | None = None
+    ) -> ChildOutcome:
         """Run ``job`` on a free child, waiting for one if all are busy. Never raises for what
-        the task or the child does: see ``ChildOutcome.error``."""
+        the task or the child does: see ``ChildOutcome.error``.
+
+        With ``ahead``, a child that runs a job may be handed this one next: it starts the
+        moment the child is done, with no wait on the parent, and its time limits count from
+        then. Should the child die first, the job goes to another child; terminated first, it
+        never runs. ``on_start`` is called when the job starts."""
         if not self._started:
             raise JsqueueError("call ProcessPool.start() before run()")
         if self._closed:
@@ -172,36 +177,32 @@ class ProcessPool:
             body = protocol.dump_job(job)
         except SerializeError as exc:
             return ChildOutcome(error=exc)
-        handle = await self._acquire()
+        handle = await self._acquire(ahead)
         if handle is None:
             return closed_before(job)
-        return await self._dispatch(handle, job, RunJob(job.job_id, job.task, body))
+        loop = asyncio.get_running_loop()
+        message = RunJob(job.job_id, job.task, body)
+        busy = Busy(job, loop.create_future(), 0.0, 0.0, on_start=on_start, message=message)
+        return await self._dispatch(handle, busy)
 
     async def terminate(self, job_id: str) -> bool:
-        """Kill the child running ``job_id`` now; its ``run()`` returns :class:`Terminated`.
-        False if no child runs that job."""
-        for handle, busy in self._busy.items():
-            if busy.job.job_id == job_id:
-                reason = Terminated(
-                    f"{busy.label} was terminated on request; its pool child {handle.pid} "
-                    "was killed"
-                )
-                self._kill(handle, busy, reason)
-                return True
-        return False
+        """Kill the child running ``job_id`` now (or, handed to a child to run next, see that
+        it never runs); its ``run()`` returns :class:`Terminated`. False if no child has it."""
+        return self._jobs.terminate(job_id)
+
+    def handed(self) -> list[ChildJob]:
+        """The jobs handed to a busy child to run next (not started yet)."""
+        return self._jobs.handed()
 
     def children(self) -> list[ChildInfo]:
         """The children in service, in the order they started."""
-        return [self._info(handle, self._busy.get(handle)) for handle in self._live]
+        return [self._jobs.info(handle) for handle in self._live]
 
-    @staticmethod
-    def _info(handle: ChildHandle, busy: Busy | None) -> ChildInfo:
-        job_id, started = (busy.job.job_id, busy.started) if busy else (None, None)
-        return ChildInfo(handle.pid, job_id, started, handle.rss_mb, handle.jobs_done)
-
-    async def _acquire(self) -> ChildHandle | None:
+    async def _acquire(self, ahead: bool = False) -> ChildHandle | None:
         if self._idle:
             return self._idle.popleft()
+        if ahead and (handle := self._jobs.child_for_next()) is not None:
+            return handle
         waiter: asyncio.Future[ChildHandle | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -213,37 +214,28 @@ class ProcessPool:
                 self._waiters.remove(waiter)
             raise
 
-    async def _dispatch(self, handle: ChildHandle, job: ChildJob, message: RunJob) -> ChildOutcome:
-        loop = asyncio.get_running_loop()
-        busy = Busy(job, loop.create_future(), time.time(), loop.time())
-        self._busy[handle] = busy
-        if job.time_limit is not None:
-            busy.timers.append(loop.call_later(job.time_limit, self._hard_limit, handle, busy))
-        if job.soft_time_limit is not None:
-            soft = loop.call_later(job.soft_time_limit, handle.signal, protocol.SOFT_LIMIT_SIGNAL)
-            busy.timers.append(soft)
+    async def _send(self, handle: ChildHandle, busy: Busy) -> None:
+        self._jobs.hand(handle, busy)
+        assert busy.message is not None
         with contextlib.suppress(OSError):  # a dead child: its reader settles the job
-            await handle.send(message)
+            await handle.send(busy.message)
+
+    async def _dispatch(self, handle: ChildHandle, busy: Busy) -> ChildOutcome:
+        await self._send(handle, busy)
         try:
             return await busy.future
         except asyncio.CancelledError:
-            reason = Terminated(f"the run() of {busy.label} was cancelled; its child was killed")
-            self._kill(handle, busy, reason)
+            self._jobs.withdraw(busy, Terminated(f"the run() of {busy.label} was cancelled"))
             raise
 
-    def _hard_limit(self, handle: ChildHandle, busy: Busy) -> None:
-        reason = TimeLimitExceeded(
-            f"{busy.label} ran past its time_limit of {busy.job.time_limit}s; its pool child "
-            f"{handle.pid} was killed"
-        )
-        self._kill(handle, busy, reason)
-
-    def _kill(self, handle: ChildHandle, busy: Busy, reason: BaseException) -> None:
-        if busy.kill_reason is None:
-            busy.kill_reason = reason
-        for timer in busy.timers:
-            timer.cancel()
-        handle.kill()
+    async def _hand_again(self, busy: Busy) -> None:
+        """A job handed to a child that died before starting it goes to another child."""
+        handle = None if self._closed else await self._acquire()
+        if handle is None:
+            if not busy.future.done():
+                busy.future.set_result(closed_before(busy.job))
+            return
+        await self._send(handle, busy)
 
     # -- children ------------------------------------------------------------------------------
 
@@ -337,17 +329,17 @@ class ProcessPool:
             self._on_exit(handle, code)  # whatever happens, its job is settled
 
     def _on_done(self, handle: ChildHandle, done: Done) -> None:
-        busy = self._busy.get(handle)
+        busy = self._jobs.running.get(handle)
         if busy is None or busy.kill_reason is not None or done.job_id != busy.job.job_id:
             return  # being killed: the kill reason is the outcome
-        del self._busy[handle]
-        for timer in busy.timers:
-            timer.cancel()
+        following = self._jobs.finish(handle)
         handle.jobs_done += 1
         if done.rss_mb is not None:
             handle.rss_mb = done.rss_mb
         if not busy.future.done():
             busy.future.set_result(from_done(done, busy.job, handle.pid, handle.rss_mb))
+        if following is not None:  # the child started it as it sent this Done
+            return
         if self._worn_out(handle):
             self._retire(handle)
         else:
@@ -364,7 +356,7 @@ class ProcessPool:
         return False
 
     def _on_report_message(self, handle: ChildHandle, report: Report) -> None:
-        busy = self._busy.get(handle)
+        busy = self._jobs.running.get(handle)
         if self._on_report is None or busy is None or busy.job.job_id != report.job_id:
             return  # sent by a thread the job left behind
         try:
@@ -378,7 +370,10 @@ class ProcessPool:
         self._retiring.discard(handle)
         with contextlib.suppress(ValueError):
             self._idle.remove(handle)
-        busy = self._busy.pop(handle, None)
+        following = self._jobs.next.pop(handle, None)
+        if following is not None and following.kill_reason is None:  # (else nobody waits)
+            self._spawn(self._hand_again(following))  # it never started there
+        busy = self._jobs.running.pop(handle, None)
         if busy is not None:
             for timer in busy.timers:
                 timer.cancel()

@@ -111,6 +111,14 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Skip:
+    """Parent to child: do not run ``job_id``, handed to you to run next (it was terminated
+    before it started)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
 class Report:
     """Child to parent, while a job runs: ``kind`` and a blob of a dict of data."""
 
@@ -136,8 +144,8 @@ class Done:
     duration: float = 0.0
 
 
-Message = Ready | StartFailed | RunJob | Stop | Report | Done
-_MESSAGES: tuple[type[Message], ...] = (Ready, StartFailed, RunJob, Stop, Report, Done)
+Message = Ready | StartFailed | RunJob | Stop | Report | Done | Skip
+_MESSAGES: tuple[type[Message], ...] = (Ready, StartFailed, RunJob, Stop, Report, Done, Skip)
 _TAGS = {cls: tag for tag, cls in enumerate(_MESSAGES)}
 
 
@@ -230,6 +238,17 @@ def parse(payload: bytes) -> Message:
         return cls(*loaded[1:])
     except TypeError as exc:
         raise ValueError(f"a {cls.__name__} with the wrong fields: {exc}") from None
+
+
+def take(buffer: bytearray) -> Message | None:
+    """The first whole message in ``buffer``, taken out of it; None if there is none yet
+    (ValueError for one that is no message)."""
+    size = frame_size(buffer)
+    if size is None or len(buffer) < size:
+        return None
+    payload = bytes(memoryview(buffer)[_HEADER.size : size])
+    del buffer[:size]
+    return parse(payload)
 
 
 def frame_size(buffer: bytes | bytearray) -> int | None:

@@ -14,6 +14,7 @@ import contextvars
 import functools
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,8 +46,13 @@ class ThreadPool:
     async def start(self) -> None:
         """Nothing to start: threads come as jobs do."""
 
-    async def run(self, job: ChildJob) -> ChildOutcome:
-        """Run ``job`` in a thread; never raises for what the task does."""
+    async def run(
+        self, job: ChildJob, *, ahead: bool = False, on_start: Callable[[], None] | None = None
+    ) -> ChildOutcome:
+        """Run ``job`` in a thread; never raises for what the task does. A thread is never
+        handed a job ahead: ``on_start`` is called at once."""
+        if on_start is not None:
+            on_start()
         task = self.app.tasks.get(job.task)
         if task is None:
             return ChildOutcome(error=NotRegistered(f"no task named {job.task!r} is registered"))
@@ -71,6 +77,9 @@ class ThreadPool:
         return False
 
     def children(self) -> list[Any]:
+        return []
+
+    def handed(self) -> list[ChildJob]:
         return []
 
     async def close(self, *, kill: bool = False) -> None:

@@ -23,8 +23,9 @@ from jsqueue.config import (
     check_job_id,
     check_priority,
     check_queue,
+    remembering,
 )
-from jsqueue.envelope import Envelope, encode, new_job_id
+from jsqueue.envelope import Envelope, assemble, encode, new_job_id
 from jsqueue.errors import ConfigError, PayloadTooLarge
 from jsqueue.middleware import prepare
 from jsqueue.services.events import enqueued
@@ -85,20 +86,67 @@ def build_envelope(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise ConfigError("headers must map str to str")
-    return Envelope(
-        id=new_job_id() if job_id is None else check_job_id(job_id),
-        task=task,
-        args=tuple(args),
-        kwargs=kwargs or {},
-        queue=check_queue(queue),
-        created=now,
-        eta=due,
-        expires=expiry,
-        headers=headers,
-        serializer=serializer,
-        priority=None if priority is None else check_priority(priority),
-        **extra,
+    job_id = new_job_id() if job_id is None else check_job_id(job_id)
+    args = tuple(args)
+    kwargs = kwargs or {}
+    queue = _check_queue(queue)
+    priority = None if priority is None else check_priority(priority)
+    if not extra.keys() <= _CANVAS_FIELDS:  # a field twice, or none: the error Envelope gives
+        return Envelope(
+            id=job_id,
+            task=task,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            created=now,
+            eta=due,
+            expires=expiry,
+            headers=headers,
+            serializer=serializer,
+            priority=priority,
+            **extra,
+        )
+    get = extra.get  # what it does not set has the Envelope's default
+    return assemble(
+        job_id,
+        task,
+        args,
+        kwargs,
+        queue,
+        now,
+        due,
+        expiry,
+        get("parent_id"),
+        get("root_id"),
+        get("link", ()),
+        get("chord"),
+        headers,
+        serializer,
+        get("replay_of"),
+        get("notify"),
+        get("args_object"),
+        get("on_error", ()),
+        priority,
+        get("unique_key"),
     )
+
+
+#: the fields ``build_envelope`` takes in ``extra`` (the canvas's and the services')
+_CANVAS_FIELDS = frozenset(
+    {
+        "parent_id",
+        "root_id",
+        "link",
+        "chord",
+        "replay_of",
+        "notify",
+        "args_object",
+        "on_error",
+        "unique_key",
+    }
+)
+#: check_queue for the few queues an app sends to, job after job
+_check_queue = remembering(check_queue)
 
 
 def signature_envelope(
@@ -202,9 +250,10 @@ async def send_many(broker: Broker, envelopes: Sequence[Envelope]) -> None:
     """Publish many jobs pipelined; return once the server stored every one."""
     messages = []
     envelopes = [prepare(broker.middleware, env) for env in envelopes]
+    settings, fits = broker.settings, broker.max_payload - ARGS_SLACK
     for env in envelopes:
-        subject, payload, headers = wire_form(broker.settings, env)
-        if len(payload) + ARGS_SLACK > broker.max_payload:
+        subject, payload, headers = wire_form(settings, env)
+        if len(payload) > fits:
             subject, payload, headers = await _offload(broker, env, payload)
         messages.append((subject, payload, headers))
     await broker.publish_many(messages)

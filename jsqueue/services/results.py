@@ -28,7 +28,7 @@ from jsqueue.services.records import (
     success_record,
 )
 from jsqueue.services.waiting import Waiters
-from jsqueue.wire import Broker, KeyExists, KvStore
+from jsqueue.wire import Broker, KeyExists, KvStore, PendingCreate
 
 __all__ = [
     "FINAL_STATES",
@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("jsqueue.services.results")
+#: room a notice leaves below the server's max_payload (its subject and framing)
+_NOTICE_SLACK = 512
 
 
 class ResultBackend:
@@ -75,13 +77,38 @@ class ResultBackend:
             await self.notify(notify, job_id, winner)
         return existing
 
+    async def send_final(self, job_id: str, data: bytes) -> PendingCreate:
+        """The first try of :meth:`write_final`, sent without waiting: awaiting what it gives
+        says whether ``data`` was recorded (None: a record is there; call :meth:`write_final`).
+        Its sender is not told; :meth:`notify` does that once it stands."""
+        return await self.store.send_create(job_id, data)
+
     async def notify(self, subject: str, job_id: str, record: bytes) -> None:
         """Tell a waiting process that ``job_id`` has this final record (best effort: its
         waits also re-read the key)."""
+        await self._send_notice(subject, [job_id.encode() + b"\n" + record])
+
+    async def notify_all(self, subject: str, records: list[tuple[str, bytes]]) -> None:
+        """:meth:`notify` for several jobs of one sender: as few notices as fit its payload
+        limit, each ``<id>\n<record>`` pairs joined by newlines."""
+        limit = self.broker.max_payload - _NOTICE_SLACK
+        notice: list[bytes] = []
+        size = 0
+        for job_id, record in records:
+            pair = job_id.encode() + b"\n" + record
+            if notice and size + len(pair) + 1 > limit:
+                await self._send_notice(subject, notice)
+                notice, size = [], 0
+            notice.append(pair)
+            size += len(pair) + 1
+        if notice:
+            await self._send_notice(subject, notice)
+
+    async def _send_notice(self, subject: str, pairs: list[bytes]) -> None:
         try:
-            await self.broker.publish_core(subject, job_id.encode() + b"\n" + record)
+            await self.broker.publish_core(subject, b"\n".join(pairs))
         except JsqueueError as exc:
-            log.debug("notifying %s of %s failed: %s", subject, job_id, exc)
+            log.debug("notifying %s of %d job(s) failed: %s", subject, len(pairs), exc)
 
     async def _write_final(self, job_id: str, data: bytes) -> Outcome | None:
         try:

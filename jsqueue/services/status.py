@@ -29,13 +29,16 @@ READY_SCAN_LIMIT = 10_000
 @dataclass
 class QueueStatus:
     """One queue, all priority levels together. ``retrying`` counts jobs waiting out a retry:
-    a short one unacked on the server (``unacked`` = ``running`` + those), a long one on a
-    server schedule. ``scheduled`` counts delayed jobs; ``paused`` says whether workers hold
-    off its jobs (see :func:`jsqueue.services.queues.pause_queue`)."""
+    a short one unacked on the server (``unacked`` = ``running`` + ``held`` + those), a long
+    one on a server schedule. ``held`` counts jobs a worker holds waiting for a free slot (its
+    prefetch) or for a limit; they count as ``ready`` too. ``scheduled`` counts delayed jobs;
+    ``paused`` says whether workers hold off its jobs (see
+    :func:`jsqueue.services.queues.pause_queue`)."""
 
     queue: str
     ready: int = 0
     running: int = 0
+    held: int = 0
     retrying: int = 0
     unacked: int = 0
     scheduled: int = 0
@@ -114,9 +117,15 @@ async def queue_status(app: Deps, live: list[dict[str, Any]] | None = None) -> l
             of(name).workers += 1
         for job in record.get("running", []):
             of(job.get("queue", "?")).running += 1
+        held = record.get("held")
+        for name, count in held.items() if isinstance(held, dict) else ():
+            if isinstance(count, int) and count > 0:
+                of(str(name)).held += count
     now = time.time()
     for queue in queues.values():
-        queue.retrying = max(0, queue.unacked - queue.running) + moved.get(queue.queue, 0)
+        queue.ready += queue.held
+        waiting = max(0, queue.unacked - queue.running - queue.held)
+        queue.retrying = waiting + moved.get(queue.queue, 0)
         if queue.ready:
             oldest = await broker.streams.oldest_ready(queue.queue)
             queue.oldest_ready_age = None if oldest is None else max(0.0, now - oldest)

@@ -114,8 +114,9 @@ class Waiters:
 
     async def _on_notice(self, subject: str, data: bytes) -> None:
         self.received += 1
-        job_id, _, record = data.partition(b"\n")
-        self.deliver(job_id.decode(errors="replace"), record)
+        lines = data.split(b"\n")  # <id>\n<record> pairs (ids and compact JSON hold no newline)
+        for i in range(0, len(lines) - 1, 2):
+            self.deliver(lines[i].decode(errors="replace"), lines[i + 1])
 
     async def _on_key(self, key: str, value: bytes | None, revision: int) -> None:
         self.received += 1

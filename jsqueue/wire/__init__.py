@@ -7,7 +7,7 @@ errors leave this package as jsqueue's (see :mod:`jsqueue.wire.errors`).
 from jsqueue.wire.acks import Ack
 from jsqueue.wire.broker import Broker
 from jsqueue.wire.errors import translate
-from jsqueue.wire.kv import Entry, KeyExists, KvStore
+from jsqueue.wire.kv import Entry, KeyExists, KvStore, PendingCreate
 from jsqueue.wire.objects import ObjectStore
 from jsqueue.wire.pull import ATTEMPT_HEADER, Delivery, Puller
 from jsqueue.wire.streams import ConsumerState, StoredMessage, StreamState
@@ -21,6 +21,7 @@ __all__ = [
     "Entry",
     "KeyExists",
     "KvStore",
+    "PendingCreate",
     "ObjectStore",
     "Puller",
     "StoredMessage",

@@ -20,6 +20,8 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from jsqueue.compact import read_object
+
 _STATUS = "Status"
 
 
@@ -101,11 +103,13 @@ class AckedPublisher:
         if headers and headers.get(_STATUS) == "503":
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
-        try:
-            doc = json.loads(msg.data)
-        except ValueError:
-            future.set_exception(nats.errors.Error(f"nats: bad publish ack {msg.data[:100]!r}"))
-            return
+        doc = read_object(msg.data)
+        if doc is None:
+            try:
+                doc = json.loads(msg.data)
+            except ValueError:
+                future.set_exception(nats.errors.Error(f"nats: bad publish ack {msg.data[:100]!r}"))
+                return
         error = doc.get("error")
         if error:
             try:

@@ -89,7 +89,8 @@ class Broker:
         try:
             await self._publisher.start()
             await connection.check_server()
-            async for attempt in while_electing(max(wait, 3 * self.settings.request_timeout)):
+            budget = max(wait, 3 * self.settings.request_timeout)
+            async for attempt in while_electing(budget, f"JetStream at {self.url}"):
                 with attempt:
                     await connection.jetstream.account_info()
                     if self.settings.provision:

@@ -97,6 +97,16 @@ class Connection:
                 f"TLS with NATS at {redact_url(url)} failed ({text}); give the server's CA with "
                 "tls_ca_file=... (and tls_cert_file/tls_key_file if it wants a client cert)"
             )
+        tls = url.startswith("tls://") or bool(self.settings.tls_ca_file)
+        closed = isinstance(cause, ConnectionResetError | BrokenPipeError)
+        if tls and closed and not self.settings.tls_cert_file:
+            # TLS 1.3: a server that wants a client certificate may close the connection after
+            # the handshake instead of the alert reaching us first
+            return ConnectError(
+                f"TLS with NATS at {redact_url(url)} failed ({text}: the server closed the "
+                "connection after the handshake, as it does when a client certificate is "
+                "required); give tls_cert_file=... and tls_key_file=..."
+            )
         if _is_auth_error(cause):
             return ConnectError(
                 f"NATS at {redact_url(url)} refused the credentials ({text}); check the user, "

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import nats.errors
 import nats.js.errors
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from jsqueue.errors import (
     ConnectionLost,
@@ -26,6 +33,7 @@ from jsqueue.errors import (
     TransientError,
 )
 
+log = logging.getLogger("jsqueue.wire.broker")
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -64,6 +72,18 @@ _INVALID = (
 NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
+def placement_pending(exc: nats.js.errors.APIError, doing: str) -> TransientError | None:
+    """A :class:`TransientError` when JetStream cannot place or change a replicated stream or
+    bucket only for now: a peer is offline (a node restarting) or the meta leader is being
+    elected (503, "JetStream system temporarily unavailable"); retried while riding elections.
+    ``None`` for every other refusal, which stays the caller's clear error."""
+    if exc.err_code == 10005 and "offline" in (exc.description or ""):
+        return TransientError(f"{doing}: a JetStream peer is offline ({exc.description})")
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return TransientError(f"{doing}: JetStream is electing a leader ({exc.description})")
+    return None
+
+
 def translate(exc: BaseException) -> BaseException:
     """The jsqueue error for a nats-py error (others are returned as they are)."""
     if isinstance(exc, JsqueueError) or not isinstance(exc, Exception):
@@ -99,13 +119,27 @@ def translated(
     return wrapper
 
 
-def while_electing(budget: float) -> AsyncRetrying:
+def while_electing(budget: float, waiting_for: str = "") -> AsyncRetrying:
     """Retry what times out or is "temporarily unavailable" while JetStream elects leaders
-    (raw nats-py errors inside the wire package, :class:`TransientError` above it)."""
+    (raw nats-py errors inside the wire package, :class:`TransientError` above it). With
+    ``waiting_for``, the first failed try logs one warning naming it."""
+
+    def announce(state: RetryCallState) -> None:
+        if waiting_for and state.attempt_number == 1 and state.outcome is not None:
+            exc = state.outcome.exception()
+            log.warning(
+                "%s did not answer (%s: %s); trying again for up to %.0fs",
+                waiting_for,
+                type(exc).__name__,
+                exc,
+                budget,
+            )
+
     return AsyncRetrying(
         stop=stop_after_delay(budget),
         wait=wait_exponential(multiplier=0.1, max=1.0),
         retry=retry_if_exception_type((*NOT_READY, TransientError)),
+        before_sleep=announce,
         reraise=True,
     )
 

@@ -6,9 +6,10 @@ parts, never ``:``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +20,42 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from jsqueue.errors import JsqueueError, ProvisionError
-from jsqueue.wire.acks import AckedPublisher
-from jsqueue.wire.errors import translated
+from jsqueue.wire.acks import Ack, AckedPublisher
+from jsqueue.wire.errors import NATS_ERRORS, placement_pending, translate, translated
 
 _NEW_KEY = {"Nats-Expected-Last-Subject-Sequence": "0"}
+#: what JetStream answers a create of a key that exists (wrong last sequence) or was deleted
+_EXISTS = (10071, 10164)
 
 
 class KeyExists(JsqueueError):
     """A create found the key already there, or an update found another revision."""
+
+
+class PendingCreate:
+    """A create sent ahead (:meth:`KvStore.send_create`): awaiting it gives the revision, or
+    None when the key already exists or was deleted (take :meth:`KvStore.create` then);
+    other failures are jsqueue's errors, as from every wire call."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[Ack]) -> None:
+        self._future = future
+
+    def done(self) -> bool:
+        """Whether the answer is here (awaiting it then does not suspend)."""
+        return self._future.done()
+
+    def __await__(self) -> Generator[Any, None, int | None]:
+        try:
+            ack = yield from self._future.__await__()
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _EXISTS:
+                return None
+            raise translate(exc) from None
+        except NATS_ERRORS as exc:
+            raise translate(exc) from None
+        return ack.seq
 
 
 @dataclass(frozen=True)
@@ -87,7 +116,7 @@ class KvStore:
             kv = await js.create_key_value(config)
         except nats.js.errors.APIError as exc:
             if exc.err_code != 10058:  # exists with another configuration
-                raise ProvisionError(
+                raise placement_pending(exc, f"creating KV bucket {bucket}") or ProvisionError(
                     f"cannot create KV bucket {bucket} with replicas={replicas}: {exc.description}"
                 ) from None
             # ours from an earlier deployment: take this one's TTL and replicas (1 -> 3 when
@@ -96,7 +125,7 @@ class KvStore:
             try:
                 await js.update_stream(info.config.evolve(max_age=ttl or 0, num_replicas=replicas))
             except nats.js.errors.APIError as exc:
-                raise ProvisionError(
+                raise placement_pending(exc, f"updating KV bucket {bucket}") or ProvisionError(
                     f"cannot update KV bucket {bucket} to replicas={replicas}: {exc.description}"
                 ) from None
             kv = await js.key_value(bucket)
@@ -111,15 +140,19 @@ class KvStore:
         return Entry(key, entry.value or b"", entry.revision or 0)
 
     @translated
+    async def send_create(self, key: str, value: bytes) -> PendingCreate:
+        """Send a create of ``key`` without waiting for the server's answer: many can be in
+        flight, each answered in the order sent."""
+        future = await self._publisher.publish(f"$KV.{self.bucket}.{key}", value, _NEW_KEY)
+        return PendingCreate(future)
+
+    @translated
     async def create(self, key: str, value: bytes, ttl: float | None = None) -> int:
         """Write ``key`` only if it does not exist; :class:`KeyExists` otherwise."""
         if ttl is None:  # the common case, one pipelined publish (no nats-py KV wrapper)
-            future = await self._publisher.publish(f"$KV.{self.bucket}.{key}", value, _NEW_KEY)
-            try:
-                return (await future).seq  # the publisher times it out
-            except nats.js.errors.APIError as exc:
-                if exc.err_code not in (10071, 10164):
-                    raise
+            revision = await (await self.send_create(key, value))  # the publisher times it out
+            if revision is not None:
+                return revision
             # the key exists, or was deleted (its tombstone needs nats-py's re-create dance)
         try:
             return await self._kv.create(key, value, msg_ttl=ttl)

@@ -18,7 +18,7 @@ from nats.js import api as js_api
 from nats.js.object_store import ObjectStore as NatsObjectStore
 
 from jsqueue.errors import ProvisionError, TransientError
-from jsqueue.wire.errors import translated
+from jsqueue.wire.errors import placement_pending, translated
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ class ObjectStore:
             store = await js.create_object_store(bucket, config)
         except nats.js.errors.APIError as exc:
             if exc.err_code != 10058:  # exists already: ours from an earlier start
-                raise ProvisionError(
+                raise placement_pending(exc, f"creating object store {bucket}") or ProvisionError(
                     f"cannot create object store {bucket}: {exc.description}"
                 ) from None
             store = await js.object_store(bucket)

@@ -15,8 +15,9 @@ import nats.js.errors
 from nats.js import api as js_api
 
 from jsqueue.config import PRIORITY_NORMAL, Settings
-from jsqueue.errors import ProvisionError
+from jsqueue.errors import JsqueueError, ProvisionError
 from jsqueue.wire.connection import Connection
+from jsqueue.wire.errors import placement_pending
 
 log = logging.getLogger("jsqueue.wire.broker")
 
@@ -111,12 +112,15 @@ class Provisioner:
             await js.update_stream(merged)
             log.info("updated stream %s: %s", config.name, described)
         except nats.js.errors.APIError as exc:
-            raise ProvisionError(
+            raise placement_pending(exc, f"updating stream {config.name}") or ProvisionError(
                 f"stream {config.name} has settings jsqueue cannot change in place: {described} "
                 f"({exc.description}). Remove the stream or give the app another prefix"
             ) from None
 
-    def _stream_error(self, name: str, exc: nats.js.errors.APIError) -> ProvisionError:
+    def _stream_error(self, name: str, exc: nats.js.errors.APIError) -> JsqueueError:
+        pending = placement_pending(exc, f"creating stream {name}")
+        if pending is not None:
+            return pending
         if exc.err_code == 10005 and self.settings.replicas > 1:  # no suitable peers
             return ProvisionError(
                 f"cannot create stream {name} with replicas={self.settings.replicas}: NATS at "

@@ -24,6 +24,10 @@ from jsqueue.wire.errors import RETRYABLE
 _MAX_IN_FLIGHT = 20_000
 
 
+#: bytes a subject and our headers stay under: a payload that much below max_payload fits
+_HEADROOM = 4096
+
+
 class Publisher:
     """Publishes on one connection, with the app's time-outs."""
 
@@ -91,8 +95,10 @@ class Publisher:
         self, messages: Sequence[tuple[str, bytes, dict[str, str] | None]]
     ) -> None:
         """Publish many messages pipelined (not one round trip each); all stored or an error."""
+        near = self.connection.max_payload - _HEADROOM  # check_size passes anything smaller
         for subject, payload, headers in messages:
-            self.check_size(subject, payload, headers)
+            if len(payload) >= near:
+                self.check_size(subject, payload, headers)
         acks = self.acks
         futures: list[asyncio.Future[Ack] | None] = []
         for subject, payload, headers in messages:
@@ -121,7 +127,7 @@ class Publisher:
     def check_size(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
         """:class:`PayloadTooLarge` if the message cannot fit the server's max_payload."""
         limit = self.connection.max_payload
-        if len(payload) + 4096 < limit:
+        if len(payload) + _HEADROOM < limit:
             return  # far from the limit: subject and our headers are small
         size = (
             len(payload)

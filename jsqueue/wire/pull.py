@@ -68,6 +68,7 @@ class Delivery:
         data: bytes,
         headers: dict[str, str] | None,
         priority: int = PRIORITY_NORMAL,
+        received: float | None = None,
     ) -> None:
         self._connection = connection
         self.queue = queue
@@ -76,13 +77,23 @@ class Delivery:
         self.subject = subject
         self.reply = reply
         self.data = data
-        self.headers: dict[str, str] = headers or {}
-        self.received = time.monotonic()
+        if headers is None:
+            headers = {}
+        self.headers: dict[str, str] = headers
+        #: when it arrived (monotonic); the puller passes the time it read for the message
+        self.received = time.monotonic() if received is None else received
         self.settled = False
-        #: which delivery of this message this is (1 = first), counted by the server
-        self.delivered, self.stream_seq = _delivery_numbers(reply)
+        #: which delivery of this message this is (1 = first), counted by the server. From
+        #: the ack subject, short ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...`` (9
+        #: tokens) or long, with domain and account hash (two more tokens before the stream).
+        #: Cheaper than ``Msg.metadata``, which also builds a datetime per message.
+        tokens = reply.split(".")
+        if len(tokens) == 9:
+            self.delivered, self.stream_seq = int(tokens[4]), int(tokens[5])
+        else:
+            self.delivered, self.stream_seq = int(tokens[6]), int(tokens[7])
         #: runs of the job before this message was published (0 unless re-published)
-        self.carried = _carried(self.headers)
+        self.carried = 0 if ATTEMPT_HEADER not in headers else _carried(headers)
         #: which run of the job this is (1 = first): across worker crashes and re-publishing
         self.attempt = self.carried + self.delivered
 
@@ -119,16 +130,6 @@ class Delivery:
             return
         await self._connection.publish(self.reply, body)
         self.settled = True
-
-
-def _delivery_numbers(reply: str) -> tuple[int, int]:
-    """(delivery count, stream sequence) from a JetStream ack subject, both the short form
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...`` and the long one with domain and
-    account hash (two more tokens before the stream). Cheaper than ``Msg.metadata``, which also
-    builds a datetime per message."""
-    tokens = reply.split(".")
-    offset = 0 if len(tokens) == 9 else 2
-    return int(tokens[4 + offset]), int(tokens[5 + offset])
 
 
 def _carried(headers: dict[str, str]) -> int:
@@ -217,24 +218,21 @@ class Puller:
         await self._pull()
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._last_heard = time.monotonic()
+        self._last_heard = now = time.monotonic()
         headers = msg.headers
-        if headers and _STATUS in headers and not msg.reply:
+        reply = msg.reply
+        if headers and _STATUS in headers and not reply:
             await self._on_status(headers)
             return
-        self.outstanding = max(0, self.outstanding - 1)
+        outstanding = self.outstanding
+        self.outstanding = outstanding - 1 if outstanding > 0 else 0
         self.held += 1
         delivery = Delivery(
-            self.connection,
-            self.queue,
-            msg.subject,
-            msg.reply,
-            msg.data,
-            msg.headers,
-            self.priority,
+            self.connection, self.queue, msg.subject, reply, msg.data, headers, self.priority, now
         )
-        self._last_delivery = self._last_heard
-        self._set_idle(False)
+        self._last_delivery = now
+        if self.idle:
+            self._set_idle(False)
         if self._stopping:
             self._on_late(delivery)
             return

@@ -5,8 +5,8 @@
 :mod:`~jsqueue.worker.settle` carries the plan out.
 """
 
+from jsqueue.worker.job import WorkerStats
 from jsqueue.worker.run import run_worker
-from jsqueue.worker.settle import WorkerStats
 from jsqueue.worker.worker import Worker
 
 __all__ = ["Worker", "WorkerStats", "run_worker"]

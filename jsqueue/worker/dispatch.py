@@ -6,11 +6,13 @@ The worker's ``concurrency`` slots belong to no lane: a delivery starts when a s
 when several lanes have deliveries waiting, the next slot goes to the lane whose turn it is,
 turns weighted by priority (a level gets twice the share of the one below it), so urgent work
 overtakes a backlog and low work still moves while urgent work keeps coming. A lane that has
-work may ask the server for up to ``concurrency`` jobs; one that found nothing on its last
-request asks for one, which is enough to notice work. However many lanes ask, the worker holds
-at most twice its concurrency (running plus waiting for a slot) and ``max(2, lanes)`` more at
-most for the one-job requests of idle lanes: a bounded over-pull, so that a free slot always
-has a job to start and a worker on ``-Q a,b`` with ``a`` empty runs ``b`` on every slot.
+work may ask the server for up to ``concurrency + prefetch`` jobs (the worker's ``prefetch``),
+and for half as many again as ``concurrency`` at least while other lanes have work too; one that
+found nothing on its last request asks for one, which is enough to notice work. However many
+lanes ask, the worker holds at most ``concurrency + max(prefetch, concurrency)`` jobs (running
+plus waiting for a slot) and ``max(2, lanes)`` more for the one-job requests of idle lanes: a
+bounded over-pull, so that a free slot finds a job of each busy lane to keep the turns, and a
+worker on ``-Q a,b`` with ``a`` empty runs ``b`` on every slot.
 
 A waiting delivery has its heartbeats sent, so its ack timer never runs out. A job that must
 wait for a cluster-wide limit (``process`` returns when to try it again) is *parked*: it gives
@@ -27,41 +29,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from jsqueue.config import PRIORITY_NORMAL
 from jsqueue.wire import Delivery, Puller
+from jsqueue.worker.lane import Lane
 
 log = logging.getLogger("jsqueue.worker")
 
 #: seconds a delivery may wait on a paused lane before it is handed back
 PAUSE_HOLD = 30.0
-
-
-@dataclass(eq=False)
-class Lane:
-    """One queue at one priority level: its puller, and its deliveries waiting for a slot."""
-
-    queue: str
-    priority: int
-    puller: Puller
-    waiting: deque[Delivery] = field(default_factory=deque)
-    running: int = 0
-    paused: bool = False
-    #: deliveries parked until a limit lets them start
-    parked: int = 0
-    #: stride scheduling: the virtual time of its next turn (it advances 1/weight a start)
-    turn: float = 0.0
-
-    @property
-    def weight(self) -> int:
-        return int(2**self.priority)
-
-    @property
-    def held(self) -> int:
-        return self.running + len(self.waiting)
 
 
 class Dispatch:
@@ -73,10 +50,13 @@ class Dispatch:
         stopping: Callable[[], bool],
         concurrency: int = 1,
         hand_back: Callable[[Delivery], Awaitable[None]] | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self._process = process
         self._stopping = stopping
         self.concurrency = concurrency
+        #: deliveries the worker may hold beyond ``concurrency``, waiting for a slot
+        self.prefetch = concurrency if prefetch is None else prefetch
         self._hand_back = hand_back
         self.lanes: dict[tuple[str, int], Lane] = {}
         #: the asyncio tasks of the jobs in flight (strong references)
@@ -103,21 +83,31 @@ class Dispatch:
     @property
     def budget(self) -> int:
         """Jobs the worker may hold and have requested, all lanes together."""
-        return 2 * self.concurrency + max(2, len(self.lanes))
+        return self.concurrency + max(self.prefetch, self.concurrency) + max(2, len(self.lanes))
 
     def held(self) -> int:
         """Deliveries waiting for a slot, in every lane."""
         return sum(len(lane.waiting) for lane in self.lanes.values())
 
+    def held_by_queue(self) -> dict[str, int]:
+        """Deliveries held and not running (waiting for a slot, or parked), per queue."""
+        held: dict[str, int] = {}
+        for lane in self.lanes.values():
+            if count := len(lane.waiting) + lane.parked:
+                held[lane.queue] = held.get(lane.queue, 0) + count
+        return held
+
     def _set_caps(self) -> None:
-        """A lane with work may ask for up to ``concurrency`` jobs (half as many again while
-        other lanes have work too, so that a free slot finds a job of each waiting and the
-        turns can be kept), an idle one for one, a paused one for none; the budget bounds them
-        together (see :meth:`_pull_room`)."""
+        """A lane with work may ask for up to ``concurrency + prefetch`` jobs (while other
+        lanes have work too, for at least half as many again as ``concurrency``, so that a free
+        slot finds a job of each waiting and the turns can be kept), an idle one for one, a
+        paused one for none; the budget bounds them together (see :meth:`_pull_room`)."""
         self._look_all = True
         only = len(self.lanes) == 1
         busy = sum(1 for lane in self.lanes.values() if not lane.puller.idle and not lane.paused)
-        share = self.concurrency + (max(1, self.concurrency // 2) if busy > 1 else 0)
+        turns = max(1, self.concurrency // 2)  # jobs of each lane waiting, for the turns
+        extra = max(self.prefetch, turns) if busy > 1 else self.prefetch
+        share = self.concurrency + extra
         for lane in self.lanes.values():
             if lane.paused:
                 lane.puller.capacity = lane.puller.held  # nothing new
@@ -167,7 +157,7 @@ class Dispatch:
             await self.give_back(delivery)
             await lane.puller.release()
 
-        self._track(asyncio.get_running_loop().create_task(give_back()))
+        self.track(asyncio.get_running_loop().create_task(give_back()))
 
     def _fill(self) -> None:
         """Start a runner now, and one for each delivery still waiting when the loop comes round
@@ -181,7 +171,7 @@ class Dispatch:
         picked = self._next()
         if picked is None:
             return False
-        self._track(asyncio.get_running_loop().create_task(self._run(*picked)))
+        self.track(asyncio.get_running_loop().create_task(self._run(*picked)))
         return True
 
     def _fill_soon(self) -> None:  # once the loop comes round
@@ -212,7 +202,8 @@ class Dispatch:
         self.running += 1
         return best, best.waiting.popleft()
 
-    def _track(self, task: asyncio.Task[None]) -> None:
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Count ``task`` with the running jobs: a stop or a reconnect waits for it."""
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -318,7 +309,7 @@ class Dispatch:
 
     def _refill_soon(self) -> None:
         if not self._stopping():
-            self._track(asyncio.get_running_loop().create_task(self._refill()))
+            self.track(asyncio.get_running_loop().create_task(self._refill()))
 
     # -- giving back ---------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from jsqueue.worker.interrupt import Interruptible
 if TYPE_CHECKING:
     from jsqueue.app import App
     from jsqueue.task import Task
-    from jsqueue.worker.settle import Job
+    from jsqueue.worker.job import Job
 
 log = logging.getLogger("jsqueue.worker")
 
@@ -45,9 +45,12 @@ class Pool(Protocol):
     def size(self) -> int: ...
 
     async def start(self) -> None: ...
-    async def run(self, job: ChildJob) -> ChildOutcome: ...
+    async def run(
+        self, job: ChildJob, *, ahead: bool = False, on_start: Callable[[], None] | None = None
+    ) -> ChildOutcome: ...
     async def terminate(self, job_id: str) -> bool: ...
     def children(self) -> list[Any]: ...
+    def handed(self) -> list[ChildJob]: ...
     async def close(self, *, kill: bool = False) -> None: ...
 
 
@@ -109,6 +112,8 @@ class TaskExecutor:
         #: where coroutine tasks' reports go (pools hand theirs to the same callback)
         self.on_report = on_report
         self.gate = Gate()
+        #: a busy pool child may be handed its next job (see :mod:`jsqueue.pools.assign`)
+        self.ahead = False
         #: job id -> "async" | "thread" | "process", of the jobs running now
         self.where: dict[str, str] = {}
         self._coroutines: dict[str, Interruptible] = {}
@@ -118,19 +123,30 @@ class TaskExecutor:
         """Whether ``task`` runs in the worker's own process (so a crash takes the worker)."""
         return task.is_async or self.pool.kind == "thread"
 
+    def hands_ahead(self, task: Task[Any, Any]) -> bool:
+        """Whether a job of ``task`` may be handed to a busy child to run next (then it starts
+        later than :meth:`execute` is called; no middleware wraps the wait)."""
+        return self.ahead and not self.middleware and not self.in_worker(task)
+
     async def execute(
-        self, job: Job, *, alone: Callable[[], Awaitable[None]] | None = None
+        self,
+        job: Job,
+        *,
+        alone: Callable[[], Awaitable[None]] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         """Run the task; its value or error ends up on ``job``. Never raises but a cancel.
 
         A job that runs in this process enters the gate first (``job.gate``; the runner
         leaves it once the job is settled). With ``alone``, no other job of this process runs
-        or settles beside it, and ``alone()`` is awaited once that holds (to record it).
+        or settles beside it, and ``alone()`` is awaited once that holds (to record it). With
+        ``on_start`` (for a job that :meth:`hands_ahead`, and only then) it may wait in a busy
+        child's socket, and ``on_start()`` is called when it starts.
         """
         task = job.task
         assert task is not None
         if not self.in_worker(task):
-            await self._in_pool(job)
+            await self._in_pool(job, on_start)
             return
         if alone is not None or not self.gate.enter_now():
             await self.gate.enter(alone=alone is not None)
@@ -205,7 +221,7 @@ class TaskExecutor:
             self.where.pop(env.id, None)
             reset_current(token)
 
-    async def _in_pool(self, job: Job) -> None:
+    async def _in_pool(self, job: Job, on_start: Callable[[], None] | None = None) -> None:
         env, task = job.env, job.task
         assert env is not None
         assert task is not None
@@ -230,16 +246,19 @@ class TaskExecutor:
                     soft_time_limit=soft,
                     plain=env.serializer == "json",
                 ),
+                on_start,
             )
         finally:
             self.where.pop(env.id, None)
         job.value, job.error, job.remote_traceback = result.value, result.error, result.traceback
 
-    async def _through_middleware(self, job: Job, child: ChildJob) -> ChildOutcome:
+    async def _through_middleware(
+        self, job: Job, child: ChildJob, on_start: Callable[[], None] | None = None
+    ) -> ChildOutcome:
         """Hand ``child`` to the pool inside the middleware's ``around_job``; the headers
         they set on the job go with it to the thread or child process."""
         if not self.middleware:
-            return await self.pool.run(child)
+            return await self.pool.run(child, ahead=on_start is not None, on_start=on_start)
         assert job.env is not None
         context = context_of(job.env, job.delivery.attempt, self.worker_id)
         outcomes: list[ChildOutcome] = []

@@ -18,7 +18,7 @@ from jsqueue.outcome import Plan, Reason
 from jsqueue.services.producer import MSG_ID
 from jsqueue.services.records import JobState, Outcome
 from jsqueue.wire import Broker
-from jsqueue.worker.settle import Job
+from jsqueue.worker.job import Job
 
 #: Times a job's worker must die while the job runs alone before the job is blamed: a worker
 #: SIGKILLed from outside (a deploy, the OOM killer) once while a suspect ran alone must not be
@@ -90,28 +90,23 @@ def crashes_alone(recorded: Outcome | None, delivery: int) -> int:
     return (before if isinstance(before, int) else 0) + 1
 
 
-class Settlements:
+class Settlements(dict[str, asyncio.Event | None]):
     """The ids of the jobs running here; a redelivery of one waits until it is settled. The
-    event to wait on is made only when one waits (most jobs are never delivered twice)."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event | None] = {}
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._events
+    event to wait on is made only when one waits (most jobs are never delivered twice). A
+    dict of them, so that ``job_id in settlements`` (asked for every job) is no Python call."""
 
     def begin(self, job_id: str) -> None:
-        self._events[job_id] = None
+        self[job_id] = None
 
     async def wait(self, job_id: str) -> None:
-        if job_id not in self._events:
+        if job_id not in self:
             return
-        event = self._events[job_id]
+        event = self[job_id]
         if event is None:
-            event = self._events[job_id] = asyncio.Event()
+            event = self[job_id] = asyncio.Event()
         await event.wait()
 
     def end(self, job_id: str) -> None:
-        event = self._events.pop(job_id, None)
+        event = self.pop(job_id, None)
         if event is not None:
             event.set()

@@ -54,18 +54,24 @@ class Interruptible:
         return True
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        self._task = asyncio.current_task()
         coro = self._coro
         run = self._context.run
         sent: Any = None
         thrown: BaseException | None = None
+        done = False
         try:
             while True:
                 try:
                     yielded = run(coro.send, sent) if thrown is None else run(coro.throw, thrown)
                 except StopIteration as stop:
+                    done = True  # finished: nothing to close
                     return stop.value
                 sent, thrown = None, None
+                if self._task is None:
+                    # Running from its first suspension on: only then can anything else (a
+                    # timer, a revoke) run and interrupt it, and a coroutine that finishes
+                    # in one step (most do) never asks asyncio for its task.
+                    self._task = asyncio.current_task()
                 try:
                     sent = yield yielded
                 except asyncio.CancelledError as cancel:
@@ -74,7 +80,8 @@ class Interruptible:
                     thrown = exc
         finally:
             self._task = None
-            coro.close()
+            if not done:
+                coro.close()
 
     def _take_back(self, cancel: asyncio.CancelledError) -> BaseException:
         """Ours (an interrupt): the exception to throw instead, the cancel withdrawn."""

@@ -32,6 +32,8 @@ class WorkerOptions:
     block_warning: float = 1.0
     max_tasks_per_child: int | None = None
     max_memory_per_child: float | None = None
+    #: jobs held beyond ``concurrency``, waiting for a free slot
+    prefetch: int = 0
 
     @classmethod
     def create(
@@ -50,6 +52,7 @@ class WorkerOptions:
         soft_time_limit: float | None = None,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: float | None = None,
+        prefetch: int | None = None,
     ) -> WorkerOptions:
         checked = _queues(queues, app.settings.default_queue)
         if pool not in POOLS:
@@ -58,6 +61,13 @@ class WorkerOptions:
             concurrency = 32 if pool == "thread" else len(os.sched_getaffinity(0))
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
+        if prefetch is None:  # see run_worker: children make a held job no crash suspect
+            prefetch = concurrency if pool == "process" else 0
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError(
+                f"prefetch must be a whole number of jobs, 0 or more, not {prefetch!r} (0: hold "
+                "no job beyond those running)"
+            )
         if pool == "thread" and (max_tasks_per_child or max_memory_per_child):
             raise ConfigError(
                 "--max-tasks-per-child and --max-memory-per-child recycle pool children: use "
@@ -77,7 +87,20 @@ class WorkerOptions:
             block_warning=block_warning or min(1.0, app.settings.ack_wait / 3),
             max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child,
+            prefetch=prefetch,
         )
+
+
+def hand_ahead(opts: WorkerOptions, app: App) -> int:
+    """How many of its ``prefetch`` jobs a process-pool worker hands to busy children to run
+    next (see :mod:`jsqueue.pools.assign`): one a child at most, and none where a coroutine task
+    is routed to its queues (coroutines share the ``concurrency`` slots with the children, and
+    a job handed ahead holds one of them)."""
+    if opts.pool != "process":
+        return 0
+    if any(task.is_async and task.queue in opts.queues for task in app.tasks.values()):
+        return 0
+    return min(opts.prefetch, opts.concurrency)
 
 
 def _queues(queues: Sequence[str] | None, default: str) -> list[str]:

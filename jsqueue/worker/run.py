@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jsqueue.app import App
-from jsqueue.worker.settle import WorkerStats
+from jsqueue.worker.job import WorkerStats
 from jsqueue.worker.worker import Worker
 
 
@@ -25,6 +25,7 @@ async def run_worker(
     soft_time_limit: float | None = None,
     max_tasks_per_child: int | None = None,
     max_memory_per_child: float | None = None,
+    prefetch: int | None = None,
 ) -> WorkerStats:
     """Run a worker for ``app`` in the current event loop until it is stopped.
 
@@ -33,7 +34,11 @@ async def run_worker(
     children (default: the CPU count); they import the app by ``app_spec`` ("module:app",
     found from the tasks' module when not given). ``time_limit`` and ``soft_time_limit`` are
     seconds for tasks that set none; ``max_tasks_per_child`` and ``max_memory_per_child`` (MB
-    resident after a job) replace a child once it reaches them.
+    resident after a job) replace a child once it reaches them. ``prefetch`` is how many jobs
+    the worker holds beyond ``concurrency``, waiting for a slot: by default as many as
+    ``concurrency`` under the process pool and none under the thread pool, where a crash of the
+    worker makes every job it held a suspect that runs alone when it comes back (see the
+    README's "Prefetch").
 
     Cancelling the task that runs it stops it at once: running jobs are cancelled and, with
     those waiting for a slot, given back (``nak``) so that another worker runs them now.
@@ -55,5 +60,6 @@ async def run_worker(
         soft_time_limit=soft_time_limit,
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
+        prefetch=prefetch,
     )
     return await worker.run(wait_for_server=wait_for_server)

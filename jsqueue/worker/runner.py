@@ -26,8 +26,6 @@ from jsqueue.errors import (
     JsqueueError,
     MalformedError,
     PoolClosed,
-    ResultTooLarge,
-    SerializeError,
     Terminated,
     WorkerLost,
 )
@@ -41,20 +39,19 @@ from jsqueue.services.results import (
     ResultBackend,
     RevokedSet,
     state_record,
-    success_record,
 )
 from jsqueue.wire import ATTEMPT_HEADER, Broker, Delivery
 from jsqueue.worker import intake
 from jsqueue.worker.admission import Admission, Wait
 from jsqueue.worker.execute import TaskExecutor
-from jsqueue.worker.settle import Job, Settler, WorkerStats, is_transient, times
+from jsqueue.worker.job import Job, WorkerStats
+from jsqueue.worker.pipelined import Pipelined
+from jsqueue.worker.result_record import encode_result
+from jsqueue.worker.settle import Settler, is_transient
 
 log = logging.getLogger("jsqueue.worker")
 
 __all__ = ["JobRunner", "WorkerStats"]
-
-#: Bytes a result record may take below the server's max_payload (subject, headers, framing).
-_RECORD_SLACK = 1024
 
 
 class CrashLoop(JsqueueError):
@@ -75,6 +72,8 @@ class JobRunner:
         hooks: Sequence[Hooks],
         stats: WorkerStats | None = None,
         park_room: Callable[[], bool] = lambda: True,
+        track: Callable[[asyncio.Task[None]], None] | None = None,
+        pipelined: int = 0,
     ) -> None:
         self.app = app
         self.id = worker_id
@@ -92,6 +91,11 @@ class JobRunner:
         self.running: dict[str, tuple[str, str, float, int]] = {}
         #: the jobs running here, to be waited for by a redelivery of one
         self._settled = intake.Settlements()
+        #: up to ``pipelined`` plain successes settled behind their result writes (``track``
+        #: is told of the task that settles them)
+        self.pipelined = Pipelined(
+            results, self.settler, release=self._release, track=track or _untracked, limit=pipelined
+        )
 
     async def process(self, delivery: Delivery) -> float | None:
         """Decode, run and settle one delivery; only a transient server failure propagates.
@@ -99,23 +103,33 @@ class JobRunner:
         Returns when (monotonic) to process the delivery again if its job must wait for a
         limit and stays parked here (see :mod:`jsqueue.worker.admission`), else None."""
         job = Job(delivery)
+        sent = False
         try:
             plan = await self._planned(job)
             if isinstance(plan, Wait):
                 return await self._wait(job, plan)
+            if self.pipelined.takes(job, plan):
+                sent = await self.pipelined.submit(job, plan)
+                if sent:
+                    return None
             await self.settler.settle(job, plan)
             if job.alone and plan.record is Record.NONE and job.env is not None:
                 await self.results.forget(job.env.id)  # the marker of a task without records
             if plan.final and job.env is not None and job.env.unique_key is not None:
                 await self.admission.release_unique(job.env.unique_key, job.env.id)
         finally:
-            if job.gate is not None:
-                self.executor.gate.leave(alone=job.gate)
-            if job.owns_run and job.env is not None:
-                self._settled.end(job.env.id)
-            if job.slot is not None:
-                self.admission.release(job.slot)
+            if not sent:
+                self._release(job)
         return None
+
+    def _release(self, job: Job) -> None:
+        """What a job holds until it is settled: its gate, its run, its concurrency slot."""
+        if job.gate is not None:
+            self.executor.gate.leave(alone=job.gate)
+        if job.owns_run and job.env is not None:
+            self._settled.end(job.env.id)
+        if job.slot is not None:
+            self.admission.release(job.slot)
 
     async def _wait(self, job: Job, wait: Wait) -> float | None:
         """Park a job that waits for a limit, or hand it back on a server schedule (then ack
@@ -274,11 +288,20 @@ class JobRunner:
         env, task, delivery = job.env, job.task, job.delivery
         assert env is not None
         assert task is not None
-        self.running[env.id] = (env.task, env.queue, time.time(), delivery.attempt)
+        track = task.track_started and not task.options.ignore_result and not job.alone
+
+        def started() -> None:
+            job.started = time.monotonic()
+            self.running[env.id] = (env.task, env.queue, time.time(), delivery.attempt)
+
+        # a job nothing records the start of may wait in a busy pool child's socket
+        late = not track and not self.hooks and self.executor.hands_ahead(task)
+        if not late:
+            started()
         self._settled.begin(env.id)
         job.owns_run = True
         try:
-            if task.track_started and not task.options.ignore_result and not job.alone:
+            if track:
                 await self._record_started(job)
             if self.hooks:
                 await self._emit_started(job)
@@ -290,7 +313,7 @@ class JobRunner:
                     job.label,
                 )
                 alone = functools.partial(self._record_started, job)
-            await self.executor.execute(job, alone=alone)
+            await self.executor.execute(job, alone=alone, on_start=started if late else None)
         finally:
             self.running.pop(env.id, None)
         followers = has_followers(env)
@@ -301,7 +324,7 @@ class JobRunner:
             job.why = "the pool closed while it ran: given back"
             return outcome.given_back()
         if job.error is None and not task.options.ignore_result:
-            reason = self._encode_result(job)
+            reason = encode_result(job, self.app.settings, self.id, self.broker.max_payload)
             if reason is not None:
                 return outcome.dead(reason, followers=followers)
         return outcome.decide(
@@ -312,50 +335,6 @@ class JobRunner:
             elapsed=time.time() - env.created,
             followers=followers,
         )
-
-    def _encode_result(self, job: Job) -> Reason | None:
-        """Encode the SUCCESS record; the reason to dead-letter if it cannot be stored."""
-        env, task = job.env, job.task
-        assert env is not None
-        assert task is not None
-        try:
-            job.result = success_record(
-                env.id,
-                job.value,
-                task.serializer,
-                self.app.settings.secret_key,
-                task=env.task,
-                attempts=job.delivery.attempt,
-                worker=self.id,
-                **times(job.started),
-            )
-        except SerializeError as exc:
-            job.error = exc
-            return Reason.UNSERIALIZABLE_RESULT
-        if len(job.result) <= self.broker.max_payload - _RECORD_SLACK:
-            return None
-        cap = self.app.settings.max_object_size
-        if len(job.result) > cap:
-            job.error = ResultTooLarge(
-                f"the return value of {env.task} encodes to {len(job.result)} bytes, over "
-                f"max_object_size ({cap}); return a reference (a URL, a key) instead, raise "
-                "max_object_size, or set ignore_result=True"
-            )
-            return Reason.RESULT_TOO_LARGE
-        # too large for the bucket: the record goes to the object store, named per attempt
-        # (a second put under one name would replace the first), and a small record names it
-        name = f"results.{env.id}.{job.delivery.attempt}"
-        job.result_object, job.result_full = name, job.result
-        job.result = state_record(
-            JobState.SUCCESS,
-            object=name,
-            size=len(job.result_full),
-            task=env.task,
-            attempts=job.delivery.attempt,
-            worker=self.id,
-            **times(job.started),
-        )
-        return None
 
     async def _record_started(self, job: Job) -> None:
         assert job.env is not None
@@ -385,3 +364,7 @@ class JobRunner:
             worker=self.id,
         )
         await emit(self.hooks, event)
+
+
+def _untracked(task: asyncio.Task[None]) -> None:
+    raise AssertionError("a runner without track= settles no job behind its write")

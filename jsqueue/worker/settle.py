@@ -18,10 +18,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jsqueue import failure
+from jsqueue import failure, outcome
 from jsqueue.config import PRIORITY_NORMAL
 from jsqueue.errors import (
     ArgumentsError,
@@ -38,14 +37,16 @@ from jsqueue.hooks import Hooks, JobEvent, emit
 from jsqueue.outcome import Action, Counter, Event, FollowUp, Plan, Reason, Record, dead
 from jsqueue.services import continuation, dlq, republish
 from jsqueue.services.results import JobState, ResultBackend, state_record
-from jsqueue.wire import Broker, Delivery, translate
+from jsqueue.wire import Broker, translate
+from jsqueue.worker.job import Job, WorkerStats, times
 
 if TYPE_CHECKING:
-    from jsqueue.envelope import Envelope
     from jsqueue.services.deps import Deps
-    from jsqueue.task import Task
 
 log = logging.getLogger("jsqueue.worker")
+
+#: succeeded, nothing to record, nothing follows: ack, count, log and tell only
+_QUIET_SUCCESS = outcome.succeeded(followers=False).without_result()
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -57,76 +58,6 @@ def is_transient(exc: BaseException) -> bool:
         err,
         TransientError | ConnectionLost | RefusedError | PublishError | ConnectError | OSError,
     )
-
-
-@dataclass
-class WorkerStats:
-    """Counters of one worker's outcomes."""
-
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    skipped: int = 0
-
-    @property
-    def processed(self) -> int:
-        return self.succeeded + self.failed + self.dead_lettered + self.skipped
-
-    def count(self, counter: Counter) -> None:
-        name = counter.value
-        setattr(self, name, getattr(self, name) + 1)
-
-    def summary(self) -> str:
-        return (
-            f"{self.succeeded} succeeded, {self.failed} failed, {self.retried} retried, "
-            f"{self.dead_lettered} dead-lettered, {self.skipped} skipped"
-        )
-
-
-@dataclass(slots=True)
-class Job:
-    """One delivery as the runner sees it, filled in as it goes."""
-
-    delivery: Delivery
-    started: float = field(default_factory=time.monotonic)
-    env: Envelope | None = None
-    task: Task[Any, Any] | None = None
-    #: a legal id to record the outcome under (None: nothing can be recorded)
-    job_id: str | None = None
-    task_name: str | None = None
-    #: the job's id as sent when it is not a legal id (kept, shortened, in its dead letter)
-    given_id: str = ""
-    value: Any = None
-    error: BaseException | None = None
-    #: the traceback text of an error raised in a pool child (its own traceback stayed there)
-    remote_traceback: str = ""
-    #: the encoded SUCCESS record
-    result: bytes | None = None
-    #: the object holding the whole SUCCESS record when it is too large for the bucket
-    result_object: str | None = None
-    result_full: bytes = b""
-    #: why a job is skipped (expired, revoked, already recorded)
-    why: str = ""
-    #: what the log line adds after the outcome
-    note: str = ""
-    #: this delivery runs the job here (another delivery of it waits for its settlement)
-    owns_run: bool = False
-    #: a suspect: delivered again after its worker died, so it runs alone
-    alone: bool = False
-    #: how many times in a row its worker died while it ran alone
-    crashes_alone: int = 0
-    #: the task whose cluster-wide concurrency slot this job holds (given back when settled)
-    slot: str | None = None
-    #: how it holds the executor's gate until settled: True alone, False together, None not
-    gate: bool | None = None
-    #: it killed its worker (a RETRY record says so, so the next delivery runs alone too)
-    crashed: bool = False
-
-    @property
-    def label(self) -> str:
-        seq = self.delivery.stream_seq
-        return f"{self.task_name or '?'}[{self.job_id or f'seq-{seq}'}]"
 
 
 class Settler:
@@ -150,6 +81,13 @@ class Settler:
 
     async def settle(self, job: Job, plan: Plan) -> None:
         """Carry ``plan`` out; only a transient failure propagates (the job stays unacked)."""
+        if plan is _QUIET_SUCCESS:  # the steps below that this plan takes, and no others
+            await job.delivery.ack()
+            self.stats.succeeded += 1
+            self._log(job, plan)
+            if self.hooks and job.env is not None:
+                await self._emit(job, plan)
+            return
         if plan.record is Record.SUCCESS:
             plan = await self._record_success(job, plan)
         if plan.action is Action.DEAD_LETTER:
@@ -158,6 +96,11 @@ class Settler:
             await self._record_state(job, plan)
         if plan.follow_up is not FollowUp.NONE:
             await self._follow_up(job, plan)
+        await self.finish(job, plan)
+
+    async def finish(self, job: Job, plan: Plan) -> None:
+        """The rest of ``plan`` once its record is stored: ack (or nak, term), count, log, tell
+        the hooks. :mod:`.pipelined` calls it for the successes it recorded."""
         delivery = job.delivery
         if plan.action is Action.ACK:
             await delivery.ack()
@@ -382,9 +325,3 @@ def _priority_of(job: Job) -> int:
     the due level returns to its own)."""
     priority = job.env.priority if job.env is not None else None
     return PRIORITY_NORMAL if priority is None else priority
-
-
-def times(started: float) -> dict[str, float]:
-    """Wall-clock start and finish of a job that started at monotonic time ``started``."""
-    now = time.time()
-    return {"started": now - (time.monotonic() - started), "finished": now}

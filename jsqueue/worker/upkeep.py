@@ -22,7 +22,8 @@ from jsqueue.services.registry import REGISTRY_EVERY, WorkerRegistry, versions
 from jsqueue.wire import Broker, Delivery
 from jsqueue.worker.dispatch import Dispatch
 from jsqueue.worker.execute import Limits, Pool, TaskExecutor
-from jsqueue.worker.settle import WorkerStats
+from jsqueue.worker.job import WorkerStats
+from jsqueue.worker.options import WorkerOptions
 
 log = logging.getLogger("jsqueue.worker")
 
@@ -42,6 +43,7 @@ class WorkerView(Protocol):
     broker: Broker | None
     reports: dict[str, dict[str, dict[str, Any]]]
     dispatch: Dispatch
+    options: WorkerOptions
 
     @property
     def active(self) -> dict[Delivery, float]: ...
@@ -146,6 +148,8 @@ def record(worker: WorkerView) -> dict[str, Any]:
         "pid": os.getpid(),
         "queues": worker.queues,
         "concurrency": worker.concurrency,
+        "prefetch": worker.options.prefetch,
+        "held": _held(worker),
         "pool": worker.pool_kind,
         "children": [_child(c) for c in children],
         "running": [
@@ -183,6 +187,15 @@ def _running(
         "stuck": job_id in stuck_now,
         "reported": reports.get(job_id, {}),
     }
+
+
+def _held(worker: WorkerView) -> dict[str, int]:
+    """Jobs held and not running per queue: waiting for a slot, parked, or handed to a busy
+    pool child to run next."""
+    held = worker.dispatch.held_by_queue()
+    for job in worker.pool.handed() if worker.pool else ():
+        held[job.queue] = held.get(job.queue, 0) + 1
+    return held
 
 
 def _child(child: Any) -> dict[str, Any]:

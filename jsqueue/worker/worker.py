@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -30,11 +31,11 @@ from jsqueue.services.queues import PAUSED_UNTIL, PausedQueues, consumers_of
 from jsqueue.services.registry import REGISTRY_TTL, WorkerRegistry
 from jsqueue.services.results import RevokedSet
 from jsqueue.wire import Broker, Delivery
-from jsqueue.worker import upkeep
+from jsqueue.worker import startup, upkeep
 from jsqueue.worker.dispatch import Dispatch
 from jsqueue.worker.execute import Pool, TaskExecutor, culprit
 from jsqueue.worker.loopwatch import LoopWatch
-from jsqueue.worker.options import WorkerOptions
+from jsqueue.worker.options import WorkerOptions, hand_ahead
 from jsqueue.worker.progress import ProgressWriter
 from jsqueue.worker.runner import JobRunner, WorkerStats
 
@@ -63,11 +64,14 @@ class Worker:
         self.hooks: list[Hooks] = list(app.hooks)
         self.started_at = time.time()
         self._stop = asyncio.Event()
+        #: jobs handed to busy pool children to run next: they count as slots of the dispatch
+        self.ahead = hand_ahead(opts, app)
         self.dispatch = Dispatch(
             self._process,
             lambda: self._stop.is_set(),
-            self.concurrency,
+            self.concurrency + self.ahead,
             hand_back=self._hand_back,
+            prefetch=opts.prefetch,
         )
         #: job id -> kind -> data: what running jobs reported from their pool child
         self.reports: dict[str, dict[str, dict[str, Any]]] = {}
@@ -140,10 +144,15 @@ class Worker:
         self.executor = TaskExecutor(
             self.pool, self.limits, self.id, on_report=self._on_report, middleware=mw
         )
+        self.executor.ahead = self.ahead > 0
         try:
             await middleware.worker_started(mw, self.id)
             await self.pool.start()
-            await self._open(wait_for_server)
+            # as patient with a JetStream that does not answer yet as a running worker is
+            # with a lost connection (a cluster that lost its quorum while this one started)
+            budget = max(wait_for_server, self.reconnect_timeout)
+            opening = functools.partial(self._open, wait_for_server)
+            await startup.opened(opening, self._close_session, budget, self.id)
             while await self._serve():
                 await self._reopen()
         finally:
@@ -178,6 +187,8 @@ class Worker:
             hooks,
             self._stats,
             park_room=self.dispatch.park_room,
+            track=self.dispatch.track,
+            pipelined=self.concurrency,
         )
         registry = WorkerRegistry(await broker.kv("workers", ttl=REGISTRY_TTL))
         self._registry = registry
@@ -256,7 +267,8 @@ class Worker:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=10)
         await self._close_session()
-        await self._open(self.reconnect_timeout)
+        opening = functools.partial(self._open, self.reconnect_timeout)
+        await startup.opened(opening, self._close_session, self.reconnect_timeout, self.id)
         log.warning("worker %s: connected again; serving on", self.id)
 
     async def _close_session(self) -> None:

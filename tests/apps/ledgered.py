@@ -35,6 +35,15 @@ async def record(i: int) -> None:
     ledger.finished(job_id)
 
 
+@app.task
+async def kept(i: int) -> int:
+    """The plain job with a result to store: acked only once ``i`` is recorded."""
+    job_id = current_job().id
+    ledger.started(job_id)
+    ledger.finished(job_id)
+    return i
+
+
 @app.task(ignore_result=True)
 async def slow(i: int, seconds: float) -> None:
     job_id = current_job().id

@@ -129,3 +129,14 @@ def progress(steps: int) -> int:
 @app.task
 async def async_add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task
+def gated(marks: str, name: str) -> int:
+    """Writes ``<marks>/<name>`` as it starts, then waits (up to 30 s) for ``<marks>/go``."""
+    with open(os.path.join(marks, name), "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(marks, "go")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()

@@ -143,3 +143,13 @@ def progresses(marks: str, steps: int) -> int:
 @app.task
 async def echo(i: int) -> int:
     return i
+
+
+@app.task(queue="limits")
+def gated(marks: str) -> int:
+    """Marks its start, then waits (up to 30 s) for the file ``go`` in ``marks``."""
+    mark(marks, "start")
+    deadline = time.monotonic() + 30
+    while not Path(marks, "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()

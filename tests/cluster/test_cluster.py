@@ -116,6 +116,22 @@ async def test_replicas_beyond_the_cluster_are_a_clear_error(cluster: Cluster) -
     await app.close()
 
 
+async def test_provisioning_while_a_node_restarts(cluster: Cluster) -> None:
+    """Just after a node restarts, JetStream refuses an R3 placement for a moment ("peer
+    offline"): provisioning then waits for the peer instead of failing the worker."""
+    await asyncio.to_thread(cluster.nats.stop, 1)
+    await asyncio.to_thread(cluster.nats.start_node, 1)
+    made = []
+    for i in range(8):  # what a worker starting then does: streams, then the results bucket
+        app = App(f"restart{i}", url=cluster.nats.url, prefix=f"{cluster.app.settings.prefix}r{i}")
+        app.configure(replicas=3)
+        try:
+            made.append((await app.result_backend()) is not None)
+        finally:
+            await app.close()
+    assert made == [True] * 8
+
+
 async def test_raising_replicas_reaches_every_stream_and_bucket(cluster: Cluster) -> None:
     """A deployment moving from one replica to three: streams and buckets follow the setting."""
     one = App("one", url=cluster.nats.url, prefix="grow", replicas=1)
@@ -132,7 +148,9 @@ async def test_raising_replicas_reaches_every_stream_and_bucket(cluster: Cluster
                 assert info.replicas == 3, name
             # the consumer that counts a chord's members survives a node too
             chords = await broker.kv("chords", ttl=60)
-            await chords.create("c.m.0", b"{}")
+            # a bucket just created on three nodes may still elect its leader: ride it out,
+            # as the chord service does for every write
+            await broker.riding_elections(chords.create, "c.m.0", b"{}")
             assert await chords.count_keys("c.m.*") == 1
             consumers = await broker.streams.consumers(chords.stream)
             [counter] = [c for c in consumers if c.name.startswith("count_")]
@@ -166,6 +184,7 @@ async def test_2_kill_two_of_three_nodes(cluster: Cluster) -> None:
             victims = [leader, (leader + 1) % 3]
             for node in victims:
                 await asyncio.to_thread(cluster.nats.kill, node)
+            late = cluster.worker(name="worker-late")  # starts on a cluster without quorum
             started = time.monotonic()
             await produce(cluster, 5, "c2b", pace=0)  # no quorum: errors, never a false ack
             refused_for = time.monotonic() - started
@@ -181,6 +200,8 @@ async def test_2_kill_two_of_three_nodes(cluster: Cluster) -> None:
                 assert i < 30, "enqueues did not resume after the nodes came back"
             await produce(cluster, 100, "c2c", pace=0)
             await cluster.drained()
+            # it waited for JetStream instead of exiting, and stops cleanly now
+            assert await asyncio.to_thread(late.stop) == 0, late.output()[-3000:]
         await cluster.check("two of three killed")
     acked = {e["id"] for e in cluster.ledger.events() if e["e"] == "acked"}
     assert not any(job.startswith("c2b-") for job in acked)  # no quorum: no ack, ever

@@ -106,7 +106,9 @@ async def test_2_sigkill_a_worker_repeatedly(scenario: Scenario) -> None:
             if pid in kills:
                 backs.append(again - kills[pid])
     assert backs, "no job was hit by a kill"
-    assert max(backs) <= ack_wait + 2, backs  # ack_wait, then a pull on a loaded machine
+    # ack_wait, then a pull and a free slot: seen up to 3.3 s on 2 loaded cores (a job held by a
+    # dead worker with no heartbeat would take far longer: the servers' default ack_wait is 30 s)
+    assert max(backs) <= ack_wait + 4, backs
     span = f"{min(backs):.2f}-{max(backs):.2f}s"
     print(f"[sigkill x6] {len(backs)} killed jobs came back after {span} (ack_wait {ack_wait}s)")
 
@@ -198,6 +200,30 @@ async def test_4_server_restarts_while_producing_and_working(scenario: Scenario)
     after = {f"s4-after-{i}" for i in range(100)}
     assert after <= set(scenario.ledger.times("acked"))
     assert after <= set(scenario.ledger.times("finished"))
+
+
+async def test_4b_results_in_flight_when_the_server_is_killed(scenario: Scenario) -> None:
+    """Results are written many at a time ahead of their acks: a server killed meanwhile loses
+    no job and leaves no job acked without its result."""
+    async with scenario.app:
+        ids = await enqueue_all(
+            scenario, "tests.apps.ledgered.kept", [(i,) for i in range(3000)], "s4b"
+        )
+        with scenario.workers(2, "-c", "64"):
+            await wait_until(lambda: len(scenario.ledger.times("finished")) > 300, 60, "jobs")
+            await asyncio.to_thread(scenario.server.restart, True)  # SIGKILL, then start
+            await scenario.drained(timeout=120)
+        dead = await scenario.dead_ids()
+        backend = await scenario.app.result_backend()
+        values = {job_id: await backend.read(job_id) for job_id in ids}
+    report(scenario, dead, "results in flight, server killed")
+    assert not dead
+    missing = [job_id for job_id, found in values.items() if found is None]
+    assert missing == []
+    assert all(
+        found is not None and found.value(None) == int(job_id.rsplit("-", 1)[1])
+        for job_id, found in values.items()
+    )
 
 
 async def test_5_poison_payloads_go_to_the_dlq_and_the_worker_serves_on(scenario: Scenario) -> None:

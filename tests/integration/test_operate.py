@@ -58,6 +58,7 @@ async def test_status_counts_every_kind_of_job(
         1,
         1,
     )
+    assert (default["held"], default["retrying"]) == (0, 0)  # the thread pool holds none
     assert 0 <= default["oldest_ready_age"] < 60
     assert queues["other"]["dead"] == 1
     assert (queues["stubborn"]["retrying"], queues["stubborn"]["running"]) == (1, 0)

@@ -322,3 +322,36 @@ async def test_stop_signals_give_back_what_runs_in_children(procapp: App, tmp_pa
     assert third[2] == 3  # each give-back is a delivery
     left = [c.pid for c in [*children, *more] if _alive(c)]
     assert left == []
+
+
+async def test_a_busy_child_is_handed_its_next_job_which_a_revoke_stops_before_it_runs(
+    procapp: App, tmp_path: Path
+) -> None:
+    gated = task(procapp, "gated")
+    async with procapp:
+        first = await gated.delay(str(tmp_path))  # type: ignore[attr-defined]
+        second = await gated.delay(str(tmp_path))  # type: ignore[attr-defined]
+        third = await gated.delay(str(tmp_path))  # type: ignore[attr-defined]
+        # "limits" carries only def tasks: the one child is handed its next job while it runs
+        with worker(procapp, tmp_path, "--pool", "process", "-c", "1", "-Q", "limits") as proc:
+            await wait_until(lambda: (tmp_path / f"{first.id}.start").exists(), 30, "a start")
+            deadline = time.monotonic() + 10
+            while True:  # the registry beats every 2 s: wait for one that shows all three
+                [record] = await workers(procapp)
+                running = [job["id"] for job in record["running"]]
+                if running == [first.id] and record["held"] == {"limits": 2}:
+                    break
+                assert time.monotonic() < deadline, f"the registry showed {record}"
+                await asyncio.sleep(0.1)
+            # the second waits in the child's socket; the third in the worker (its prefetch)
+            out = jsqueue_cli(procapp, "revoke", second.id, "--terminate")
+            assert out.returncode == 0, out.stderr
+            await wait_until(lambda: "was revoked with terminate" in proc.output(), 10, "revoked")
+            assert not (tmp_path / f"{first.id}.end").exists()
+            (tmp_path / "go").touch()
+            pids = [await first.get(timeout=20), await third.get(timeout=20)]
+        state = await second.state()
+    assert str(state) == "REVOKED"
+    assert not (tmp_path / f"{second.id}.start").exists()  # it never ran
+    assert len(starts(tmp_path, first.id)) == len(starts(tmp_path, third.id)) == 1
+    assert pids[0] != pids[1]  # the child was killed as it would have started the revoked one

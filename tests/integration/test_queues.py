@@ -102,6 +102,47 @@ async def test_idle_queues_lend_their_slots_and_the_over_pull_is_bounded(
     assert len({line.split()[0] for line in lines(held)}) == 40
 
 
+async def test_prefetch_sets_how_many_jobs_a_worker_holds_beyond_its_slots(
+    loadapp: App, tmp_path: Path
+) -> None:
+    hold = task(loadapp, "hold")
+    held = tmp_path / "held"
+    async with loadapp:
+        for _ in range(20):
+            await hold.delay(str(tmp_path))  # type: ignore[attr-defined]
+        broker = await loadapp.broker()
+
+        async def ack_pending() -> int:
+            state = await broker.streams.consumer("b")
+            assert state is not None
+            return state.ack_pending
+
+        with worker(loadapp, tmp_path, "-Q", "b", "-c", "2", "--prefetch", "0", name="w0"):
+            await until(lambda: len(lines(held)) == 2, 20, "2 jobs running on the first worker")
+            # it holds no job beyond its two slots: the other 18 wait for whichever worker
+            assert await ack_pending() == 2
+            with worker(loadapp, tmp_path, "-Q", "b", "-c", "2", "--prefetch", "2", name="w2"):
+                await until(lambda: len(lines(held)) == 4, 20, "2 jobs running on the second")
+                deadline = time.monotonic() + 10
+                while (pending := await ack_pending()) < 6:
+                    assert time.monotonic() < deadline, f"ack pending stayed {pending}, not 6"
+                    await asyncio.sleep(0.05)
+                assert pending == 6
+                assert len(lines(held)) == 4  # a held job waits for a slot: it has not started
+                (tmp_path / "go").touch()
+                await until(lambda: len(lines(held)) == 20, 30, "all 20 held jobs")
+    ids = [line.split()[0] for line in lines(held)]
+    assert len(set(ids)) == 20  # each ran once
+    assert {line.split()[1] for line in lines(held)} == {"1"}  # none was given back
+
+
+def test_a_negative_prefetch_is_refused_by_the_cli(loadapp: App) -> None:
+    done = cli(loadapp, "worker", "--prefetch", "-1")
+    assert done.returncode == 2
+    assert "--prefetch" in done.stderr
+    assert "-1" in done.stderr
+
+
 async def test_an_urgent_job_overtakes_a_backlog_of_10000_and_the_backlog_still_moves(
     loadapp: App, tmp_path: Path
 ) -> None:

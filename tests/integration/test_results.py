@@ -3,8 +3,11 @@
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tenacity import stop_after_attempt, wait_fixed
 
 from jsqueue import (
@@ -17,7 +20,8 @@ from jsqueue import (
     current_job,
 )
 from jsqueue.services.producer import build_envelope, send
-from jsqueue.testing import burst, destroy, running_worker, wait_state
+from jsqueue.services.results import success_record
+from jsqueue.testing import burst, destroy, running_worker, wait_state, wait_until
 from jsqueue.wire.server import NatsServer
 
 
@@ -248,9 +252,10 @@ async def test_first_recorded_outcome_wins_over_a_late_duplicate_execution(jsq_a
         [stored] = await broker.streams.messages(
             jsq_app.settings.jobs_stream, jsq_app.settings.queue_subject("default")
         )
+        await burst(jsq_app, concurrency=1)
         # the same job stored again under another Msg-Id: as if a producer bypassed dedupe
         await broker.publish(stored.subject, stored.data, {"Nats-Msg-Id": "dup-1-again"})
-        await burst(jsq_app, concurrency=1)
+        await burst(jsq_app, concurrency=1)  # a first delivery: it runs without a look
         assert runs == [1, 1]
         assert await job.get(timeout=5) == 1  # the first execution's value, not 2
         info = await job.info()
@@ -317,3 +322,64 @@ async def test_waiters_survive_a_server_restart(tmp_path: object, jsq_prefix: st
     finally:
         await app.close()
         server.cleanup()
+
+
+async def _listening(app: App, ids: list[str]) -> list[asyncio.Task[Any]]:
+    """Waits of this process for ``ids`` (jobs it sent), once they listen for notices."""
+    backend = await app.result_backend()
+    waits = [asyncio.create_task(backend.waiters.wait(i, 10, notified=True)) for i in ids]
+    await wait_until(
+        lambda: backend.waiters.waiting == len(ids) and backend.waiters.listening, 5, "the waits"
+    )
+    return waits
+
+
+async def test_one_notice_carries_many_outcomes_and_splits_at_the_payload_limit(
+    jsq_app: App,
+) -> None:
+    async with jsq_app:
+        backend = await jsq_app.result_backend()
+        broker = await jsq_app.broker()
+        value = "v" * (broker.max_payload // 3)  # two records fit in one notice, three do not
+        ids = [f"notice-{i}" for i in range(3)]
+        waits = await _listening(jsq_app, ids)
+        before = backend.waiters.received
+        records = [(i, success_record(i, value, "json", None, task="t")) for i in ids]
+        await backend.notify_all(broker.notify_subject, records)
+        outcomes = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    assert [o.value(None) for o in outcomes] == [value] * 3
+    assert backend.waiters.received - before == 2
+
+
+async def test_hostile_notices_resolve_nothing_and_the_next_true_one_lands(jsq_app: App) -> None:
+    samples: list[bytes] = []
+
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.lists(
+                st.one_of(st.binary(max_size=30), st.sampled_from([b"", b"{", b'{"state":1}']))
+            ).map(b"\n".join),
+            st.just(b"notice-x\n" + b'{"state":"PENDING"}'),  # not final: no outcome
+        )
+    )
+    @settings(max_examples=60, database=None, deadline=None)
+    def collect(notice: bytes) -> None:
+        samples.append(notice)
+
+    collect()
+    async with jsq_app:
+        backend = await jsq_app.result_backend()
+        broker = await jsq_app.broker()
+        [waiting] = await _listening(jsq_app, ["notice-x"])
+        before = backend.waiters.received
+        for notice in samples:
+            await broker.publish_core(broker.notify_subject, notice)
+        await wait_until(
+            lambda: backend.waiters.received - before == len(samples), 10, "the notices"
+        )
+        assert not waiting.done()
+        record = success_record("notice-x", 42, "json", None, task="t")
+        await backend.write_final("notice-x", record, notify=broker.notify_subject)
+        outcome = await asyncio.wait_for(waiting, 10)
+    assert outcome.value(None) == 42

@@ -206,11 +206,13 @@ async def test_the_notice_reaches_the_sender_from_a_chains_last_step_and_a_chord
             deliver(job_id, record)
 
         monkeypatch.setattr(backend.waiters, "deliver", spy)
+        steps = await chain(add.s(1, 2), add.s(3), add.s(4)).delay()
+        summed = await chord(group(add.s(i, i) for i in range(5)), total.s()).delay()
+        # listen before any of it runs: a notice sent to nobody is lost (the get reads first)
+        waits = asyncio.gather(steps.get(timeout=20), summed.get(timeout=20))
+        await wait_until(lambda: backend.watching, 10, "the process to listen")
         async with running_worker(jsq_app):
-            steps = await chain(add.s(1, 2), add.s(3), add.s(4)).delay()
-            summed = await chord(group(add.s(i, i) for i in range(5)), total.s()).delay()
             # a notice is what ends these waits: the fallback re-read comes only every 30 s
-            assert await steps.get(timeout=20) == 10
-            assert await summed.get(timeout=20) == 20
+            assert await waits == [10, 20]
     assert steps.id in noticed  # the chain's last step notified the sender
     assert summed.id in noticed  # and so did the chord's callback

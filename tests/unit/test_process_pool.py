@@ -487,3 +487,110 @@ def test_a_child_whose_parent_changed_before_it_armed_pdeathsig_exits() -> None:
     probe = "from jsqueue.pools.child import _tie_to_parent; _tie_to_parent(1)"
     done = subprocess.run([sys.executable, "-c", probe], env=env, timeout=30)
     assert done.returncode == EXIT_ORPHANED
+
+
+# -- a busy child handed its next job ----------------------------------------------------------
+
+
+async def _running_gated(pool: ProcessPool, marks: Path) -> asyncio.Future[ChildOutcome]:
+    first = asyncio.ensure_future(pool.run(job("gated", str(marks), "first"), ahead=True))
+    await wait_until(lambda: (marks / "first").exists(), 10, "the first job's start")
+    return first
+
+
+async def test_a_job_handed_ahead_starts_when_the_child_is_done_and_its_limit_counts_from_then(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool()
+    first = await _running_gated(pool, tmp_path)
+    starts: list[float] = []
+    # a time limit of 1 s, handed over more than 1 s before the child gets to it
+    second = asyncio.ensure_future(
+        pool.run(
+            job("add", 2, 3, job_id="j-next", time_limit=1.0),
+            ahead=True,
+            on_start=lambda: starts.append(time.monotonic()),
+        )
+    )
+    await wait_until(lambda: [j.job_id for j in pool.handed()] == ["j-next"], 5, "the hand-over")
+    handed_at = time.monotonic()
+    await asyncio.sleep(1.2)  # the scenario: longer than the handed job's limit
+    assert starts == []  # handed, not started
+    running = pool.children()[0].job_id
+    assert running is not None
+    assert running.startswith("gated-")  # the child still runs the first job
+    (tmp_path / "go").touch()
+    done = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert done[1].error is None, done[1].error
+    assert done[1].value == 5
+    assert done[1].pid == done[0].value  # the same child, no wait on the parent between
+    assert len(starts) == 1
+    assert starts[0] - handed_at > 1.0
+    assert pool.handed() == []
+
+
+async def test_a_job_handed_ahead_and_terminated_never_runs(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool()
+    first = await _running_gated(pool, tmp_path)
+    second = asyncio.ensure_future(
+        pool.run(job("gated", str(tmp_path), "second", job_id="j-second"), ahead=True)
+    )
+    await wait_until(lambda: len(pool.handed()) == 1, 5, "the hand-over")
+    assert await pool.terminate("j-second")
+    outcome = await asyncio.wait_for(second, 1.0)  # settled at once, while the first runs
+    assert isinstance(outcome.error, Terminated)
+    assert "before it started" in str(outcome.error)
+    assert not first.done()
+    (tmp_path / "go").touch()
+    assert (await asyncio.wait_for(first, 10)).error is None
+    after = await run(pool, job("whoami"))
+    assert not (tmp_path / "second").exists()  # it never ran
+    assert after.value != (await first).value  # its child made way for a fresh one
+
+
+async def test_a_job_handed_to_a_child_that_dies_first_runs_on_another(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool()
+    first = await _running_gated(pool, tmp_path)
+    dying = pool.children()[0].pid
+    second = asyncio.ensure_future(pool.run(job("whoami"), ahead=True))
+    await wait_until(lambda: len(pool.handed()) == 1, 5, "the hand-over")
+    kill(dying)
+    died = await asyncio.wait_for(first, 10)
+    assert isinstance(died.error, ChildDied)
+    moved = await asyncio.wait_for(second, 10)
+    assert moved.error is None
+    assert moved.value not in (None, dying)  # it ran, once, on the fresh child
+
+
+async def test_no_job_is_handed_to_a_child_on_its_last_job(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(max_tasks_per_child=1)
+    first = await _running_gated(pool, tmp_path)
+    second = asyncio.ensure_future(pool.run(job("whoami"), ahead=True))
+    await asyncio.sleep(0)  # let it ask for a child
+    assert pool.handed() == []  # it waits for the child that replaces this one
+    (tmp_path / "go").touch()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, second), 20)
+    assert outcomes[1].value != outcomes[0].value
+
+
+async def test_a_job_handed_ahead_whose_run_is_cancelled_never_runs(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool()
+    first = await _running_gated(pool, tmp_path)
+    second = asyncio.ensure_future(pool.run(job("gated", str(tmp_path), "second"), ahead=True))
+    await wait_until(lambda: len(pool.handed()) == 1, 5, "the hand-over")
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(second, 5)
+    assert not first.done()  # the job the child runs goes on
+    (tmp_path / "go").touch()
+    assert (await asyncio.wait_for(first, 10)).error is None
+    assert (await run(pool, job("add", 1, 1))).value == 2
+    assert not (tmp_path / "second").exists()

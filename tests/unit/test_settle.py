@@ -19,7 +19,8 @@ from jsqueue.outcome import Reason, already_final, dead, decide, retry, skipped
 from jsqueue.outcome import Record as R
 from jsqueue.services import continuation
 from jsqueue.services import dlq as dead_letters
-from jsqueue.worker.settle import Job, Settler, WorkerStats
+from jsqueue.worker.job import Job, WorkerStats
+from jsqueue.worker.settle import Settler
 
 
 class Log(list[str]):
@@ -242,3 +243,25 @@ async def test_final_records_tell_the_sender_and_retries_do_not(log: Log, settle
     log.clear()
     await settler.settle(job(log, error=OSError("x"), notify="jsq.notify.abc"), retry(1))
     assert log == ["record RETRY", "nak 1"]
+
+
+async def test_a_quiet_success_is_acked_counted_logged_and_told(
+    log: Log, settler: Settler, caplog: pytest.LogCaptureFixture
+) -> None:
+    events: list[Any] = []
+
+    class Hook:
+        async def on_event(self, event: Any) -> None:
+            events.append(event)
+
+    plan = decide(None, attempt=1, max_deliver=3, policy=None).without_result()
+    with caplog.at_level(logging.INFO, logger="jsqueue.worker"):
+        await settler.settle(job(log), plan)
+    assert log == ["ack"]
+    assert settler.stats.succeeded == 1
+    assert settler.stats.processed == 1
+    assert "t.add[j1] succeeded in" in caplog.text
+    settler.hooks = [Hook()]  # type: ignore[list-item]
+    await settler.settle(job(log), plan)
+    assert [(e.kind, e.job_id) for e in events] == [("succeeded", "j1")]
+    assert settler.stats.succeeded == 2
