@@ -66,7 +66,7 @@ def main() -> None:
             f"{metric}: A {pools.stat(a)}  B {pools.stat(b)}  B/A of medians "
             f"{statistics.median(b) / statistics.median(a):.2f}  pair by pair {pools.stat(ratios)}"
         )
-    print("load average:", pools.load())
+    print("load average:", os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Ratios are taken within each repetition and their median (min-max) reported. Wri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import statistics
 import time
@@ -240,8 +241,10 @@ async def run(sizes: PoolSizes) -> Samples:
     return out
 
 
-def main(out_dir: Path, *, quick: bool) -> None:
+def main(out_dir: Path, *, quick: bool, repeats: int = 0) -> None:
     sizes = QUICK if quick else PoolSizes()
+    if repeats > 0:
+        sizes = dataclasses.replace(sizes, repeats=repeats)
     started = time.monotonic()
     out = asyncio.run(run(sizes))
     write(out_dir, sizes, out, quick=quick, seconds=time.monotonic() - started)

@@ -13,25 +13,31 @@ import os
 import time
 from pathlib import Path
 
+import psutil
+
 from bench.peers.jsqueue_nats import CONCURRENCY, app, noop, noop_result
 from bench.recording import Recording
 from bench.servers import bundled_nats
 from jsqueue import run_worker
 
 
-async def drain(jobs: int, results: bool, profiler: object | None) -> None:
+async def drain(jobs: int, results: bool, profiler: object | None, server_pid: int) -> None:
     await app.connect()
     task = noop_result if results else noop
     for lo in range(0, jobs, 20_000):
         await task.starmap([(i,) for i in range(lo, min(lo + 20_000, jobs))])
     if profiler is not None:
         profiler.start()  # type: ignore[attr-defined]
+    server = psutil.Process(server_pid)
+    server_cpu = sum(server.cpu_times()[:2])
     cpu = time.process_time()
     await run_worker(app, concurrency=CONCURRENCY, burst=True)
     cpu = time.process_time() - cpu
+    server_cpu = sum(server.cpu_times()[:2]) - server_cpu
     if profiler is not None:
         profiler.stop()  # type: ignore[attr-defined]
     print(f"worker CPU: {cpu / jobs * 1e6:.1f} us a job (its start included)")
+    print(f"nats-server CPU meanwhile: {server_cpu / jobs * 1e6:.1f} us a job")
     await (await app.broker()).destroy_prefix()
     await app.close()
 
@@ -52,7 +58,8 @@ def main() -> None:
         os.environ.update(rec.env)
         app.configure(url=server.url)
         started = time.perf_counter()
-        asyncio.run(drain(args.jobs, args.results, profiler))
+        assert server.pid is not None
+        asyncio.run(drain(args.jobs, args.results, profiler, server.pid))
         took = time.perf_counter() - started
         rate = rec.check(range(args.jobs)).rate()
     print(

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.pools:
         from bench import pools
 
-        pools.main(args.out, quick=args.quick)
+        pools.main(args.out, quick=args.quick, repeats=args.repeats)
         return
     keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(PEERS)
     unknown = [k for k in keys if k not in PEERS]
