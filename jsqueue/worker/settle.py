@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from jsqueue import failure, outcome
+from jsqueue import failure
 from jsqueue.config import PRIORITY_NORMAL
 from jsqueue.errors import (
     ArgumentsError,
@@ -45,8 +45,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jsqueue.worker")
 
-#: succeeded, nothing to record, nothing follows: ack, count, log and tell only
-_QUIET_SUCCESS = outcome.succeeded(followers=False).without_result()
+# The members every plan is compared with, as module names: an Enum member looked up on its
+# class costs several times a global's look-up, and settle() asks for them once per job.
+_ACK, _RETRY, _DEAD_LETTER = Action.ACK, Action.RETRY, Action.DEAD_LETTER
+_SUCCESS, _NO_RECORD = Record.SUCCESS, Record.NONE
+_NO_FOLLOW_UP, _NO_EVENT = FollowUp.NONE, Event.NONE
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -81,20 +84,13 @@ class Settler:
 
     async def settle(self, job: Job, plan: Plan) -> None:
         """Carry ``plan`` out; only a transient failure propagates (the job stays unacked)."""
-        if plan is _QUIET_SUCCESS:  # the steps below that this plan takes, and no others
-            await job.delivery.ack()
-            self.stats.succeeded += 1
-            self._log(job, plan)
-            if self.hooks and job.env is not None:
-                await self._emit(job, plan)
-            return
-        if plan.record is Record.SUCCESS:
+        if plan.record is _SUCCESS:
             plan = await self._record_success(job, plan)
-        if plan.action is Action.DEAD_LETTER:
+        if plan.action is _DEAD_LETTER:
             await self._dead_letter(job, plan)
-        if plan.record not in (Record.NONE, Record.SUCCESS):
+        if plan.record is not _NO_RECORD and plan.record is not _SUCCESS:
             await self._record_state(job, plan)
-        if plan.follow_up is not FollowUp.NONE:
+        if plan.follow_up is not _NO_FOLLOW_UP:
             await self._follow_up(job, plan)
         await self.finish(job, plan)
 
@@ -102,18 +98,19 @@ class Settler:
         """The rest of ``plan`` once its record is stored: ack (or nak, term), count, log, tell
         the hooks. :mod:`.pipelined` calls it for the successes it recorded."""
         delivery = job.delivery
-        if plan.action is Action.ACK:
+        action = plan.action
+        if action is _ACK:
             await delivery.ack()
-        elif plan.action is Action.RETRY and self._moves(job, plan):
+        elif action is _RETRY and self._moves(job, plan):
             await self._move(job, plan)
             await delivery.ack()
-        elif plan.action is Action.RETRY:
+        elif action is _RETRY:
             await delivery.nak(plan.delay)
         else:
             await delivery.term()
         self.stats.count(plan.counter)
         self._log(job, plan)
-        if self.hooks and plan.event is not Event.NONE and job.env is not None:
+        if self.hooks and plan.event is not _NO_EVENT and job.env is not None:
             await self._emit(job, plan)
 
     # -- the steps -----------------------------------------------------------------------------

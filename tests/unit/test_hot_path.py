@@ -2,8 +2,8 @@
 
 A delivery reads its numbers from either form of ack subject; a coroutine that never suspends
 runs without asking asyncio for its task, and one that does can still be interrupted; a
-progress sink makes its pacing only at the first report; the quiet success plan settles as the
-general path would.
+progress sink makes its pacing only at the first report; outcomes are counted under their own
+names.
 """
 
 from __future__ import annotations
