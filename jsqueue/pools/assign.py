@@ -67,13 +67,19 @@ class Assignments:
     def finish(self, handle: ChildHandle) -> Busy | None:
         """The child sent the Done of the job it ran: that job, and the next one (if it was
         handed one) starts."""
-        busy = self.running.pop(handle)
-        for timer in busy.timers:
-            timer.cancel()
+        _stop_timers(self.running.pop(handle))
         following = self.next.pop(handle, None)
         if following is not None:
             self.begin(handle, following)
         return following
+
+    def lost(self, handle: ChildHandle) -> tuple[Busy | None, Busy | None]:
+        """The child exited: the job it ran (its timers stopped) and the one it was handed
+        next, neither of them its any more."""
+        busy = self.running.pop(handle, None)
+        if busy is not None:
+            _stop_timers(busy)
+        return busy, self.next.pop(handle, None)
 
     def holder(self, busy: Busy) -> ChildHandle | None:
         """The child that runs ``busy``'s job now, if one does."""
@@ -139,6 +145,10 @@ class Assignments:
     def kill(handle: ChildHandle, busy: Busy, reason: BaseException) -> None:
         if busy.kill_reason is None:
             busy.kill_reason = reason
-        for timer in busy.timers:
-            timer.cancel()
+        _stop_timers(busy)
         handle.kill()
+
+
+def _stop_timers(busy: Busy) -> None:
+    for timer in busy.timers:
+        timer.cancel()

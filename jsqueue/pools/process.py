@@ -370,13 +370,10 @@ class ProcessPool:
         self._retiring.discard(handle)
         with contextlib.suppress(ValueError):
             self._idle.remove(handle)
-        following = self._jobs.next.pop(handle, None)
+        busy, following = self._jobs.lost(handle)
         if following is not None and following.kill_reason is None:  # (else nobody waits)
             self._spawn(self._hand_again(following))  # it never started there
-        busy = self._jobs.running.pop(handle, None)
         if busy is not None:
-            for timer in busy.timers:
-                timer.cancel()
             error = busy.kill_reason or ChildDied(
                 f"pool child {handle.pid} {describe_exit(code)} while running {busy.label}",
                 pid=handle.pid,
