@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from jsqueue.errors import TransientError
 
@@ -19,15 +26,19 @@ async def opened(
 ) -> None:
     """``await open_()``; while it fails with a :class:`TransientError` (JetStream did not
     answer in time), ``undo()`` what it set up and try again, for ``budget`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + budget
-    while True:
-        try:
+
+    def again(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("worker %s: NATS is not ready (%s); starting again", worker_id, exc)
+
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(budget),
+        wait=wait_fixed(0.5),
+        retry=retry_if_exception_type(TransientError),
+        before_sleep=again,
+        reraise=True,
+    ):
+        with attempt:
+            if attempt.retry_state.attempt_number > 1:
+                await undo()  # what the failed try set up
             await open_()
-            return
-        except TransientError as exc:
-            if loop.time() >= deadline:
-                raise
-            log.warning("worker %s: NATS is not ready (%s); starting again", worker_id, exc)
-        await undo()
-        await asyncio.sleep(0.5)
