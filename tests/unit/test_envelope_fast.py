@@ -289,10 +289,9 @@ def test_build_envelope_is_the_dataclass_with_its_defaults() -> None:
     with pytest.raises(TypeError, match="multiple values for keyword argument 'id'"):
         build_envelope(s, "t.x", queue="q", serializer="json", id="x")
     for bad in ("no spaces", "", 7, ["q"]):
-        with pytest.raises(ConfigError, match="queue"):
-            build_envelope(s, "t.x", queue=bad, serializer="json")  # type: ignore[arg-type]
-        with pytest.raises(ConfigError, match="queue"):
-            build_envelope(s, "t.x", queue=bad, serializer="json")  # type: ignore[arg-type]
+        for _ in range(2):  # the queue check remembers what passed, never what failed
+            with pytest.raises(ConfigError, match="queue"):
+                build_envelope(s, "t.x", queue=bad, serializer="json")  # type: ignore[arg-type]
 
 
 def test_encode_writes_what_the_json_encoder_writes() -> None:
